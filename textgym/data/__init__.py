@@ -1,0 +1,17 @@
+"""Data sources: the Sample type, data files (JSONL/CSV), Hugging Face datasets."""
+
+from textgym.data.base import SPLITS, Sample, as_samples, check_split, hash_split, split_samples
+from textgym.data.files import load_data_files, load_file
+from textgym.data.hf import load_hf_dataset
+
+__all__ = [
+    "SPLITS",
+    "Sample",
+    "as_samples",
+    "check_split",
+    "hash_split",
+    "load_data_files",
+    "load_file",
+    "load_hf_dataset",
+    "split_samples",
+]

@@ -1,0 +1,143 @@
+"""TextEnv: one text-generation episode per prompt, one token per step."""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+from textgym.episodes import Episodes, check_actions
+from textgym.envsetup import EnvSetup, RewardMode
+from textgym.errors import ConfigError
+from textgym.rewards.base import RewardSpec
+
+RENDER_MODES = ["ansi"]
+
+
+def check_render_mode(render_mode: str | None) -> str | None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ConfigError(f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}")
+    return render_mode
+
+
+class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
+    """A text task as a Gymnasium environment: the agent writes the answer token by token.
+
+    ## Description
+    Each episode is one prompt drawn from the task's ``split``.  At every step
+    the agent appends one token to its answer; the episode ends when it emits
+    the tokenizer's EOS token or has written ``max_new_tokens`` tokens, and the
+    answer is then scored by the task's metric.
+
+    ## Action Space
+    ``Discrete(vocab_size)``: the id of the next token.  Tasks may declare an
+    action mask (``action_masks()``, and ``info["action_mask"]`` at reset) of
+    the tokens a well-behaved agent uses; any in-range action is accepted.
+
+    ## Observation Space
+    A ``Dict`` of two int64 arrays of length ``max_prompt_tokens + max_new_tokens``:
+    ``input_ids`` (the left-padded prompt, then the tokens generated so far)
+    and ``attention_mask`` (1 where ``input_ids`` holds a real token).  The
+    pad id may equal EOS (SmolLM2): read lengths from the mask, never from
+    the pad id.
+
+    ## Rewards
+    ``reward_mode="sparse"`` (default): 0 at every step, the task's score of
+    the finished text at the last step.  ``reward_mode="dense"``: at every
+    step the change of the score of the text so far; the rewards of an
+    episode sum to its sparse reward.  ``info["metrics"]`` holds every metric
+    of the finished text.
+
+    ## Episode End
+    ``terminated``: the agent emitted EOS.  ``truncated``: ``max_new_tokens``
+    tokens were written.  In both cases the text has been scored and the
+    episode is over: unlike a Gymnasium time limit, there is nothing left to
+    bootstrap, so agents should treat truncation as terminal (TextPPO does).
+
+    ## Arguments
+    ``task``: the Task (class, ``"module:Class"`` or instance); ``model``: the
+    model alias, path or hub id whose tokenizer the env uses (default
+    ``smollm2-135m-instruct``); ``split``; ``max_new_tokens``;
+    ``max_prompt_tokens``; ``reward`` (metric name, ``{name: weight}`` or a
+    callable); ``reward_mode``; ``render_mode`` (``"ansi"``); and the task's
+    own keyword arguments.
+
+    ## Version History
+    * v0: initial version.
+
+    Example:
+        >>> import gymnasium as gym, textgym
+        >>> env = gym.make("textgym/Copy-v0", model="tiny-random")
+        >>> obs, info = env.reset(seed=0)
+        >>> obs["input_ids"].shape == env.observation_space["input_ids"].shape
+        True
+    """
+
+    metadata: dict[str, Any] = {"render_modes": RENDER_MODES}
+
+    def __init__(
+        self,
+        task: Any,
+        *,
+        model: str | None = None,
+        split: str = "train",
+        max_new_tokens: int = 64,
+        max_prompt_tokens: int = 256,
+        reward: RewardSpec | None = None,
+        reward_mode: RewardMode = "sparse",
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        self.render_mode = check_render_mode(render_mode)
+        self.setup = EnvSetup(
+            task,
+            model=model,
+            split=split,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            reward=reward,
+            reward_mode=reward_mode,
+            owner=type(self).__name__,
+            **task_kwargs,
+        )
+        self.observation_space = self.setup.observation_space
+        self.action_space = self.setup.action_space
+        self.reward_range = self.setup.reward.range
+        self._episodes = Episodes(self.setup, 1)
+        self._rows = np.zeros(1, dtype=np.int64)
+
+    @property
+    def task(self) -> Any:
+        return self.setup.task
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.setup.tokenizer
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        index = self.setup.draw(self.np_random, options)
+        info = self._episodes.reset_slot(0, index)
+        return self._episodes.obs(0), info
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        actions = check_actions(np.reshape(np.asarray(action), -1), 1, self.setup.vocab_size)
+        self._episodes.check_running(self._rows)
+        rewards, terminated, truncated, finals = self._episodes.step(actions, self._rows)
+        info = finals.get(0, {})
+        return self._episodes.obs(0), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed actions (sb3-contrib convention); all True when the task has no mask."""
+        mask = self.setup.action_mask
+        return np.ones(self.setup.vocab_size, dtype=bool) if mask is None else mask
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            if not self._episodes.started[0]:
+                return "(no episode yet: call reset())\n"
+            return self._episodes.render(0)
+        return None

@@ -1,0 +1,191 @@
+"""What an env of one id needs before its first episode: task, tokenizer, spaces.
+
+:class:`EnvSetup` is built once per env (and once per vector env, shared by
+its slots).  It validates every constructor argument up front, so a bad
+argument fails at ``gym.make`` and never in the middle of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any, Literal
+
+import numpy as np
+from gymnasium import spaces
+
+from textgym.data.base import Sample, check_split
+from textgym.errors import ConfigError
+from textgym.models import load_tokenizer
+from textgym.rewards.base import Reward, RewardSpec
+from textgym.tasks.base import Task
+
+RewardMode = Literal["sparse", "dense"]
+REWARD_MODES = ("sparse", "dense")
+ENV_KWARGS = (
+    "model",
+    "split",
+    "max_new_tokens",
+    "max_prompt_tokens",
+    "reward",
+    "reward_mode",
+    "render_mode",
+)
+
+
+def _resolve_task_class(task: Any) -> type[Task]:
+    if isinstance(task, str):
+        module, _, attr = task.partition(":")
+        try:
+            task = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"cannot import task {task!r} (expected 'module:Class'): {err}") from err
+    if not (isinstance(task, type) and issubclass(task, Task)):
+        raise ConfigError(f"task must be a Task subclass or 'module:Class' string, got {task!r}")
+    return task
+
+
+def make_task(task: Any, task_kwargs: dict[str, Any], owner: str) -> Task:
+    """Instantiate a task; an unknown keyword lists every keyword the env accepts."""
+    if isinstance(task, Task):
+        if task_kwargs:
+            raise ConfigError(f"{owner}: got a ready Task instance and task kwargs {sorted(task_kwargs)}")
+        return task
+    cls = _resolve_task_class(task)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = sorted(n for n in params if n != "self" and params[n].kind is not inspect.Parameter.VAR_KEYWORD)
+    unknown = sorted(set(task_kwargs) - set(allowed))
+    if unknown and not accepts_any:
+        raise ConfigError(
+            f"{owner}: unknown keyword argument(s) {unknown}; allowed: {sorted([*ENV_KWARGS, *allowed])}"
+        )
+    return cls(**task_kwargs)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class EnvSetup:
+    """Task, tokenizer, samples, reward and spaces of one env configuration."""
+
+    def __init__(
+        self,
+        task: Any,
+        *,
+        model: str | None = None,
+        split: str = "train",
+        max_new_tokens: int = 64,
+        max_prompt_tokens: int = 256,
+        reward: RewardSpec | None = None,
+        reward_mode: RewardMode = "sparse",
+        owner: str = "TextEnv",
+        **task_kwargs: Any,
+    ) -> None:
+        self.owner = owner
+        self.split = check_split(split)
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.max_prompt_tokens = _positive_int("max_prompt_tokens", max_prompt_tokens)
+        if reward_mode not in REWARD_MODES:
+            raise ConfigError(f"reward_mode must be one of {list(REWARD_MODES)}, got {reward_mode!r}")
+        self.reward_mode = reward_mode
+        self.task = make_task(task, task_kwargs, owner)
+        self.tokenizer = load_tokenizer(model)
+        self.model = model
+        self.reward = Reward(
+            self.task.default_reward if reward is None else reward,
+            extra_metrics=self.task.info_metrics,
+            owner=owner,
+        )
+        self.samples: list[Sample] = self.task.samples(self.split)
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = self.eos_id if pad is None else int(pad)
+        self.vocab_size = len(self.tokenizer)
+        self.action_mask = self._check_mask(self.task.action_mask(self.tokenizer))
+        self._prompts: dict[int, tuple[np.ndarray, str]] = {}
+        length = self.max_prompt_tokens + self.max_new_tokens
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, (length,), np.int64),
+                "attention_mask": spaces.Box(0, 1, (length,), np.int64),
+            }
+        )
+        self.action_space = spaces.Discrete(self.vocab_size)
+        self.encoded_prompt(0)  # an instruction that cannot fit fails here, not mid-training
+
+    def _check_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        if mask.shape != (self.vocab_size,) or mask.dtype != np.bool_:
+            raise ConfigError(
+                f"{type(self.task).__name__}.action_mask must be a bool array of shape "
+                f"({self.vocab_size},), got {mask.dtype} {mask.shape}"
+            )
+        if not mask[self.eos_id]:
+            raise ConfigError(f"{type(self.task).__name__}.action_mask must allow EOS ({self.eos_id})")
+        mask = mask.copy()
+        mask.setflags(write=False)
+        return mask
+
+    def _encode(self, sample: Sample) -> tuple[list[int], str]:
+        text = self.task.format_prompt(sample, self.tokenizer)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+    def encoded_prompt(self, index: int) -> tuple[np.ndarray, str]:
+        """Token ids and text of sample ``index``'s prompt, shortened to the budget.
+
+        Only the sample's data (``Sample.prompt``) is cut, on the task's
+        ``truncation_side``; the instruction and chat template stay whole.
+        """
+        cached = self._prompts.get(index)
+        if cached is not None:
+            return cached
+        sample = self.samples[index]
+        ids, text = self._encode(sample)
+        budget = self.max_prompt_tokens
+        if len(ids) > budget:
+            data = self.tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+            while len(ids) > budget:
+                keep = len(data) - (len(ids) - budget) - 1
+                if keep <= 0:
+                    raise ConfigError(
+                        f"{self.owner}: max_prompt_tokens={budget} is too small: the instruction and "
+                        f"template of sample {sample.id!r} alone need more; raise max_prompt_tokens"
+                    )
+                data = data[:keep] if self.task.truncation_side == "right" else data[-keep:]
+                shorter = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
+                ids, text = self._encode(shorter)
+        result = (np.asarray(ids, dtype=np.int64), text)
+        self._prompts[index] = result
+        return result
+
+    def draw(self, rng: np.random.Generator, options: dict[str, Any] | None) -> int:
+        """Index of the next sample: random from ``rng``, or chosen by ``options``.
+
+        ``options={"index": i}`` picks sample ``i`` of the split;
+        ``options={"sample_id": s}`` picks the sample whose id is ``s``.
+        """
+        options = options or {}
+        unknown = set(options) - {"index", "sample_id", "reset_mask"}
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; allowed: ['index', 'sample_id']")
+        if "index" in options:
+            index = options["index"]
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.samples):
+                raise ConfigError(
+                    f"reset option index={index!r} is out of range; split {self.split!r} has "
+                    f"{len(self.samples)} samples (0..{len(self.samples) - 1})"
+                )
+            return int(index)
+        if "sample_id" in options:
+            for i, sample in enumerate(self.samples):
+                if sample.id == options["sample_id"]:
+                    return i
+            raise ConfigError(f"no sample with id {options['sample_id']!r} in split {self.split!r}")
+        return int(rng.integers(len(self.samples)))

@@ -1,0 +1,164 @@
+"""The batched episode engine behind both TextEnv (one slot) and TextVectorEnv.
+
+State of N episodes lives in arrays; a step writes one column, compares with
+EOS and the length limit in numpy, and decodes and scores only the episodes
+that finished (all of them together, in one reward call).
+
+Observation layout, fixed for every env of one configuration::
+
+    input_ids:      [ pad ... pad  prompt tokens | gen_0 gen_1 ... pad ... ]
+                    <------ max_prompt_tokens ----><--- max_new_tokens --->
+    attention_mask:   0 ...  0      1 ...   1    |  1     1   ...  0 ...
+
+The prompt is left-padded so generated token ``t`` of every slot sits in
+column ``max_prompt_tokens + t``: a batched policy can keep one KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from textgym.envsetup import EnvSetup
+from textgym.errors import InvalidAction, ResetNeeded
+
+
+def check_actions(actions: Any, n: int, vocab_size: int) -> np.ndarray:
+    """Validate a batch of token-id actions; errors show the value and the range."""
+    arr = np.asarray(actions)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidAction(
+            f"actions must be integer token ids in [0, {vocab_size}), got {arr.dtype} value {actions!r}"
+        )
+    if arr.shape != (n,):
+        arr = arr.reshape(-1) if arr.size == n else arr
+        if arr.shape != (n,):
+            raise InvalidAction(f"expected {n} action(s), got shape {np.shape(actions)}")
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
+    if bad.size:
+        raise InvalidAction(f"action {int(arr[bad[0]])} is out of range; allowed token ids: 0..{vocab_size - 1}")
+    return arr.astype(np.int64, copy=False)
+
+
+class Episodes:
+    """N episode slots over one :class:`EnvSetup`."""
+
+    def __init__(self, setup: EnvSetup, n: int) -> None:
+        self.setup = setup
+        self.n = n
+        self.P = setup.max_prompt_tokens
+        self.T = setup.max_new_tokens
+        self.ids = np.full((n, self.P + self.T), setup.pad_id, dtype=np.int64)
+        self.mask = np.zeros((n, self.P + self.T), dtype=np.int64)
+        self.gen_len = np.zeros(n, dtype=np.int64)
+        self.running = np.zeros(n, dtype=bool)  # inside an episode (reset, not yet ended)
+        self.started = np.zeros(n, dtype=bool)  # reset at least once
+        self.index = np.zeros(n, dtype=np.int64)  # sample index per slot
+        self.score = np.zeros(n, dtype=np.float64)  # running score (dense mode)
+        self.final_text: list[str | None] = [None] * n
+
+    # -- reset ----------------------------------------------------------------
+    def reset_slot(self, slot: int, index: int) -> dict[str, Any]:
+        prompt, text = self.setup.encoded_prompt(index)
+        self.ids[slot] = self.setup.pad_id
+        self.mask[slot] = 0
+        self.ids[slot, self.P - len(prompt) : self.P] = prompt
+        self.mask[slot, self.P - len(prompt) : self.P] = 1
+        self.gen_len[slot] = 0
+        self.running[slot] = True
+        self.started[slot] = True
+        self.index[slot] = index
+        self.score[slot] = 0.0
+        self.final_text[slot] = None
+        sample = self.setup.samples[index]
+        info: dict[str, Any] = {
+            "sample_id": sample.id,
+            "prompt": sample.prompt,
+            "prompt_text": text,
+            "references": list(sample.references),
+        }
+        if self.setup.action_mask is not None:
+            info["action_mask"] = self.setup.action_mask
+        return info
+
+    # -- observations -----------------------------------------------------------
+    def obs(self, rows: Any = slice(None)) -> dict[str, np.ndarray]:
+        return {"input_ids": self.ids[rows].copy(), "attention_mask": self.mask[rows].copy()}
+
+    def texts(self, rows: np.ndarray) -> list[str]:
+        """Generated text of each row, without the EOS that ended it."""
+        seqs = []
+        for r in rows:
+            toks = self.ids[r, self.P : self.P + self.gen_len[r]]
+            if len(toks) and toks[-1] == self.setup.eos_id:
+                toks = toks[:-1]
+            seqs.append(toks.tolist())
+        return self.setup.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+
+    # -- step ---------------------------------------------------------------------
+    def check_running(self, rows: np.ndarray) -> None:
+        if self.running[rows].all():
+            return
+        if not self.started[rows].all():
+            raise ResetNeeded("call reset() before step()")
+        slot = int(rows[np.flatnonzero(~self.running[rows])[0]])
+        where = f" (slot {slot})" if self.n > 1 else ""
+        raise ResetNeeded(f"the episode has ended (terminated or truncated){where}; call reset() before step()")
+
+    def step(
+        self, actions: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+        """Advance ``rows`` by one token each.
+
+        Returns rewards, terminated and truncated for ``rows`` and the final
+        info of every row that ended, keyed by slot.
+        """
+        cols = self.P + self.gen_len[rows]
+        self.ids[rows, cols] = actions
+        self.mask[rows, cols] = 1
+        self.gen_len[rows] += 1
+        terminated = actions == self.setup.eos_id
+        truncated = (self.gen_len[rows] >= self.T) & ~terminated
+        done = terminated | truncated
+        rewards = np.zeros(len(rows), dtype=np.float64)
+        finals: dict[int, dict[str, Any]] = {}
+        dense = self.setup.reward_mode == "dense"
+        scored = np.arange(len(rows)) if dense else np.flatnonzero(done)
+        if scored.size:
+            slots = rows[scored]
+            texts = self.texts(slots)
+            samples = [self.setup.samples[i] for i in self.index[slots]]
+            out = self.setup.reward(texts, samples)
+            if dense:
+                rewards[scored] = out.scores - self.score[slots]
+                self.score[slots] = out.scores
+            else:
+                rewards[scored] = out.scores
+            for k, (j, slot) in enumerate(zip(scored, slots)):
+                if not done[j]:
+                    continue
+                self.running[slot] = False
+                self.final_text[slot] = texts[k]
+                finals[int(slot)] = {
+                    "sample_id": samples[k].id,
+                    "prompt": samples[k].prompt,
+                    "references": list(samples[k].references),
+                    "generated_text": texts[k],
+                    "generated_tokens": int(self.gen_len[slot]),
+                    "metrics": {name: float(v[k]) for name, v in out.metrics.items()},
+                    **(out.details[k] if out.details is not None else {}),
+                }
+        return rewards, terminated, truncated, finals
+
+    def render(self, slot: int) -> str:
+        sample = self.setup.samples[self.index[slot]]
+        text = self.final_text[slot]
+        if text is None:
+            text = self.texts(np.array([slot]))[0]
+        lines = [
+            f"[{sample.id}] prompt: {sample.prompt}",
+            f"output ({self.gen_len[slot]}/{self.T} tokens): {text}",
+        ]
+        lines += [f"reference: {ref}" for ref in sample.references[:3]]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""Rewards: one signature for every task, built-in metrics by name, composition.
+
+See :mod:`textgym.rewards.base` for the contract.  Metric functions are
+registered here by import path and loaded on first use.
+"""
+
+from textgym.rewards.base import (
+    METRICS,
+    Reward,
+    RewardOutput,
+    RewardSpec,
+    compute_metrics,
+    metric_info,
+    register_metric,
+)
+
+_TEXT = "textgym.rewards.text"
+
+register_metric("chrf", f"{_TEXT}:sacrebleu_scores", 0.0, 1.0, "sacrebleu sentence chrF / 100")
+register_metric("bleu", f"{_TEXT}:sacrebleu_scores", 0.0, 1.0, "sacrebleu sentence BLEU / 100")
+register_metric("ter", f"{_TEXT}:sacrebleu_scores", 0.0, float("inf"), "sacrebleu sentence TER / 100 (lower is better)")
+register_metric("length_ratio", f"{_TEXT}:length_scores", 0.0, float("inf"), "output words / reference words")
+register_metric("length_penalty", f"{_TEXT}:length_scores", -1.0, 0.0, "-|1 - length_ratio|, clipped at -1")
+register_metric(
+    "placeholders", "textgym.tasks.translation:placeholder_scores", 0.0, 1.0,
+    "fraction of the source's format placeholders (%(name)s, {obj}, %s) kept in the output",
+)
+register_metric(
+    "copy_accuracy", "textgym.tasks.copy:copy_scores", 0.0, 1.0,
+    "words reproduced at the right position / max(output words, target words)",
+)
+
+# Summarization / dialogue metrics (textgym/rewards/rouge.py, semantic.py, diversity.py)
+_ROUGE = "textgym.rewards.rouge:rouge_scores"
+register_metric("rouge1", _ROUGE, 0.0, 1.0, "rouge-score ROUGE-1 F1 (stemmed), best over references")
+register_metric("rouge2", _ROUGE, 0.0, 1.0, "rouge-score ROUGE-2 F1 (stemmed), best over references")
+register_metric("rougeL", _ROUGE, 0.0, 1.0, "rouge-score ROUGE-L F1 (stemmed), best over references")
+register_metric(
+    "semantic_similarity", "textgym.rewards.semantic:semantic_scores", -1.0, 1.0,
+    "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (output vs best reference)",
+)
+_DIVERSITY = "textgym.rewards.diversity:diversity_scores"
+register_metric("distinct_2", _DIVERSITY, 0.0, 1.0, "distinct bigrams / bigrams of the output")
+register_metric("repetition", _DIVERSITY, -1.0, 0.0, "minus the fraction of repeated word 3-grams (0 = none)")
+
+# Code metrics (textgym/rewards/execution.py, through textgym/sandbox.py)
+_EXEC = "textgym.rewards.execution:execution_scores"
+register_metric("pass_rate", _EXEC, 0.0, 1.0, "fraction of the problem's asserts that pass in the sandbox")
+register_metric("all_pass", _EXEC, 0.0, 1.0, "1 if every assert passes, else 0")
+
+__all__ = [
+    "METRICS",
+    "Reward",
+    "RewardOutput",
+    "RewardSpec",
+    "compute_metrics",
+    "metric_info",
+    "register_metric",
+]

@@ -1,0 +1,187 @@
+"""The reward contract shared by every task, and weighted composition.
+
+One signature everywhere: a reward takes a batch of generated texts and the
+batch of samples they answer, and returns one score per text plus the value
+of every metric it computed::
+
+    def my_reward(texts: Sequence[str], samples: Sequence[Sample]) -> RewardOutput | Sequence[float]
+
+Built-in metrics are looked up by name, lazily: nothing is imported until a
+metric is used, and a typo raises :class:`~textgym.errors.ConfigError` that
+lists the valid names.  ``make_reward`` turns any of these into a
+:class:`Reward`:
+
+* ``"chrf"`` -- one metric;
+* ``{"rougeL": 1.0, "length_penalty": 0.2}`` -- a weighted sum;
+* a callable with the signature above.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+
+from textgym.data.base import Sample
+from textgym.errors import ConfigError, RewardError
+
+
+class RewardOutput(NamedTuple):
+    """Scores of a batch: ``scores[i]`` rewards ``texts[i]``.
+
+    ``metrics`` maps a metric name to an array of the same length;
+    ``details`` optionally holds one dict per text (e.g. why a program failed).
+    """
+
+    scores: np.ndarray
+    metrics: dict[str, np.ndarray]
+    details: list[dict[str, Any]] | None = None
+
+
+RewardCallable = Callable[[Sequence[str], Sequence[Sample]], Any]
+RewardSpec = Union[str, Mapping[str, float], RewardCallable]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A built-in metric: where its (group) function lives and its range.
+
+    ``function`` is ``"module:function"``; the function has the signature
+    ``(texts, samples, names) -> {name: array}`` and computes every name it is
+    asked for, so metrics computed together (ROUGE-1/2/L) cost one pass.
+    """
+
+    function: str
+    low: float
+    high: float
+    description: str
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register_metric(name: str, function: str, low: float, high: float, description: str) -> None:
+    """Add a built-in metric (``function`` is imported on first use)."""
+    if name in METRICS and METRICS[name].function != function:
+        raise ConfigError(f"metric {name!r} is already registered by {METRICS[name].function}")
+    METRICS[name] = MetricInfo(function, float(low), float(high), description)
+
+
+def metric_info(name: str) -> MetricInfo:
+    if not isinstance(name, str) or name not in METRICS:
+        raise ConfigError(f"unknown metric {name!r}; valid metric names: {sorted(METRICS)}")
+    return METRICS[name]
+
+
+def _load(function: str) -> Callable[..., dict[str, np.ndarray]]:
+    module, _, attr = function.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def compute_metrics(names: Sequence[str], texts: Sequence[str], samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """Compute built-in metrics, one call per metric group."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(metric_info(name).function, []).append(name)
+    out: dict[str, np.ndarray] = {}
+    for function, wanted in groups.items():
+        values = _load(function)(texts, samples, frozenset(wanted))
+        for name in wanted:
+            out[name] = np.asarray(values[name], dtype=np.float64)
+    return out
+
+
+def _check_scores(values: Any, n: int, owner: str) -> np.ndarray:
+    try:
+        scores = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise RewardError(f"reward of {owner} returned {values!r}, which is not numbers ({err})") from None
+    if scores.shape != (n,):
+        raise RewardError(
+            f"reward of {owner} returned shape {scores.shape} for a batch of {n} texts; expected ({n},)"
+        )
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise RewardError(
+            f"reward of {owner} returned a non-finite value {scores[bad[0]]!r} at batch index {int(bad[0])}"
+        )
+    return scores
+
+
+class Reward:
+    """A composed reward: weighted built-in metrics or a user callable.
+
+    ``extra_metrics`` are computed for ``info["metrics"]`` without weighting.
+    """
+
+    def __init__(
+        self,
+        spec: RewardSpec,
+        extra_metrics: Sequence[str] = (),
+        owner: str = "task",
+    ) -> None:
+        self.owner = owner
+        self.function: RewardCallable | None = None
+        self.weights: dict[str, float] = {}
+        if callable(spec):
+            self.function = spec
+        elif isinstance(spec, str):
+            metric_info(spec)
+            self.weights = {spec: 1.0}
+        elif isinstance(spec, Mapping):
+            if not spec:
+                raise ConfigError(f"reward of {owner}: the weights dict is empty; name at least one metric")
+            for name, weight in spec.items():
+                metric_info(name)
+                ok = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+                if not ok or not math.isfinite(float(weight)):
+                    raise ConfigError(
+                        f"reward of {owner}: weight of {name!r} must be a finite number, got {weight!r}"
+                    )
+                self.weights[name] = float(weight)
+        else:
+            raise ConfigError(
+                f"reward of {owner} must be a metric name, a dict name -> weight or a callable, "
+                f"got {type(spec).__name__} {spec!r}; valid metric names: {sorted(METRICS)}"
+            )
+        for name in extra_metrics:
+            metric_info(name)
+        self.metric_names = tuple(dict.fromkeys([*self.weights, *extra_metrics]))
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """Bounds of the score (``(-inf, inf)`` for a user callable)."""
+        if self.function is not None:
+            return (-math.inf, math.inf)
+        low = sum(w * (metric_info(n).low if w >= 0 else metric_info(n).high) for n, w in self.weights.items())
+        high = sum(w * (metric_info(n).high if w >= 0 else metric_info(n).low) for n, w in self.weights.items())
+        return (low, high)
+
+    def __call__(self, texts: Sequence[str], samples: Sequence[Sample]) -> RewardOutput:
+        n = len(texts)
+        if n != len(samples):
+            raise RewardError(f"reward of {self.owner}: {n} texts but {len(samples)} samples")
+        metrics = compute_metrics(self.metric_names, texts, samples) if n else {
+            name: np.zeros(0) for name in self.metric_names
+        }
+        details = None
+        if self.function is not None:
+            result = self.function(list(texts), list(samples))
+            if isinstance(result, RewardOutput):
+                scores = _check_scores(result.scores, n, self.owner)
+                for name, values in result.metrics.items():
+                    metrics[name] = _check_scores(values, n, f"{self.owner} (metric {name!r})")
+                details = result.details
+            else:
+                scores = _check_scores(result, n, self.owner)
+        else:
+            scores = np.zeros(n, dtype=np.float64)
+            for name, weight in self.weights.items():
+                scores = scores + weight * metrics[name]
+        metrics["reward"] = scores
+        return RewardOutput(scores, metrics, details)

@@ -1,0 +1,79 @@
+"""What a task is: a data source, a prompt formatter and a reward.
+
+A task does not know about tokens, spaces or episodes: :class:`~textgym.env.TextEnv`
+does.  To write one, subclass :class:`Task` and implement :meth:`Task.load`;
+override :meth:`Task.messages` to phrase the prompt.  Constructor keyword
+arguments become ``gym.make`` keyword arguments of the env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from textgym.data.base import Sample, check_split, require_samples
+from textgym.errors import ConfigError
+from textgym.rewards.base import RewardSpec
+
+
+class Task:
+    """Base class of every task.
+
+    Class attributes a subclass sets:
+        default_reward: reward spec used when the env gets no ``reward=``.
+        info_metrics: metrics always computed for ``info["metrics"]``.
+        main_metric: the metric tables and benchmarks report first.
+        chat: phrase the prompt with the tokenizer's chat template.
+        truncation_side: which side of ``Sample.prompt`` (the data, never the
+            instruction) is cut when the prompt exceeds ``max_prompt_tokens``.
+    """
+
+    default_reward: ClassVar[RewardSpec] = "chrf"
+    info_metrics: ClassVar[tuple[str, ...]] = ()
+    main_metric: ClassVar[str] = "reward"
+    chat: ClassVar[bool] = True
+    truncation_side: ClassVar[Literal["left", "right"]] = "right"
+    #: One line shown by ``textgym list``.
+    description: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self._splits: dict[str, list[Sample]] = {}
+
+    # -- data -------------------------------------------------------------
+    def load(self, split: str) -> Sequence[Sample]:
+        """Return the samples of ``split`` ("train", "validation" or "test")."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load(split)")
+
+    def samples(self, split: str) -> list[Sample]:
+        """The samples of a split, loaded once and checked to be non-empty."""
+        split = check_split(split)
+        if split not in self._splits:
+            self._splits[split] = require_samples(self.load(split), type(self).__name__, split)
+        return self._splits[split]
+
+    # -- prompt -------------------------------------------------------------
+    def messages(self, sample: Sample) -> list[dict[str, str]]:
+        """The conversation shown to the model (the last turn is the user's)."""
+        return [{"role": "user", "content": sample.prompt}]
+
+    def format_prompt(self, sample: Sample, tokenizer: Any) -> str:
+        """The prompt string: the chat template when the task and tokenizer have one."""
+        messages = self.messages(sample)
+        if not messages or not any(m.get("content", "").strip() for m in messages):
+            raise ConfigError(
+                f"{type(self).__name__}.messages() returned an empty prompt for sample {sample.id!r}"
+            )
+        if self.chat and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages) + "\n"
+
+    # -- constraints ----------------------------------------------------------
+    def action_mask(self, tokenizer: Any) -> np.ndarray | None:
+        """A boolean mask over the vocabulary of allowed actions, or None (all allowed)."""
+        return None
+
+    def splits_info(self) -> dict[str, int]:
+        """Number of samples per split (for ``textgym info``)."""
+        return {split: len(self.samples(split)) for split in ("train", "validation", "test")}

@@ -1,0 +1,156 @@
+"""Translation of software strings (gettext catalogs), scored with sacrebleu.
+
+Default data: the human translations of Django's user-interface strings in
+the installed ``django`` wheel (``conf/locale`` and every ``contrib`` app),
+about 1,200 French pairs and ~100 languages.  Any folder of ``.po`` files
+(``po_dir=``, e.g. your own app's ``locale``), JSONL/CSV files
+(``data_files=``) or a Hugging Face dataset (``dataset=``) work too.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgym.data.base import Sample, check_split, split_samples
+from textgym.data.files import load_data_files
+from textgym.data.gettext import read_po
+from textgym.data.hf import load_hf_dataset
+from textgym.errors import ConfigError, DataError, DependencyNotInstalled
+from textgym.tasks.base import Task
+
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "ca": "Catalan", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek",
+    "es": "Spanish", "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi", "hu": "Hungarian",
+    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "nb": "Norwegian",
+    "pl": "Polish", "pt": "Portuguese", "pt_BR": "Brazilian Portuguese", "ro": "Romanian", "ru": "Russian",
+    "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese", "zh_Hans": "Simplified Chinese",
+}  # fmt: skip
+
+# %(name)s, %s / %d / %i / %f, {name} / {0} / {}
+PLACEHOLDER = re.compile(r"%\([^)]+\)[sdifr]|%[sdifr]|\{[A-Za-z0-9_.]*\}")
+
+
+def placeholders(text: str) -> collections.Counter[str]:
+    return collections.Counter(PLACEHOLDER.findall(text))
+
+
+def placeholder_scores(texts: Sequence[str], samples: Sequence[Sample], names: frozenset[str]) -> dict[str, np.ndarray]:
+    """Fraction of the source's placeholders present in the output (1.0 if it has none)."""
+    scores = []
+    for text, sample in zip(texts, samples):
+        wanted = placeholders(sample.prompt)
+        total = sum(wanted.values())
+        kept = sum((wanted & placeholders(text)).values())
+        scores.append(kept / total if total else 1.0)
+    return {"placeholders": np.array(scores, dtype=np.float64)}
+
+
+def django_locale_dirs() -> list[Path]:
+    """Every ``locale`` folder of the installed Django (found without importing it)."""
+    spec = importlib.util.find_spec("django")
+    if spec is None or not spec.submodule_search_locations:
+        raise DependencyNotInstalled("the default translation data is in Django's wheel: pip install django")
+    root = Path(list(spec.submodule_search_locations)[0])
+    return sorted(p for p in [root / "conf" / "locale", *(root / "contrib").glob("*/locale")] if p.is_dir())
+
+
+def po_files(roots: Sequence[Path], language: str) -> list[Path]:
+    """``.po`` files of ``language`` under ``roots`` (``<lang>/LC_MESSAGES/*.po`` or ``*<lang>*.po``)."""
+    files: list[Path] = []
+    for root in roots:
+        files += sorted(root.glob(f"{language}/LC_MESSAGES/*.po"))
+        files += sorted(p for p in root.rglob(f"{language}.po"))
+    return files
+
+
+def available_languages(roots: Sequence[Path]) -> list[str]:
+    return sorted({p.parent.parent.name for root in roots for p in root.glob("*/LC_MESSAGES/*.po")})
+
+
+class TranslationTask(Task):
+    """Translate an English software string into ``language``."""
+
+    description = "Translate English software strings (gettext catalogs) into another language; chrF reward"
+    default_reward = "chrf"
+    info_metrics = ("chrf", "bleu", "ter", "placeholders")
+    main_metric = "chrf"
+
+    def __init__(
+        self,
+        language: str = "fr",
+        po_dir: str | os.PathLike[str] | None = None,
+        data_files: Any = None,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        source_language: str = "English",
+    ) -> None:
+        super().__init__()
+        if sum(x is not None for x in (po_dir, data_files, dataset)) > 1:
+            raise ConfigError("give at most one of po_dir=, data_files= and dataset=")
+        if not isinstance(language, str) or not language:
+            raise ConfigError(f"language must be a locale code such as 'fr' or 'de', got {language!r}")
+        self.language = language
+        self.language_name = LANGUAGE_NAMES.get(language, language)
+        self.source_language = source_language
+        self.po_dir = po_dir
+        self.data_files = data_files
+        self.dataset = dataset
+        self.dataset_config = dataset_config
+        self.fields = {"prompt": "source", "references": "target", **(fields or {})}
+        self._catalog: list[Sample] | None = None
+
+    def messages(self, sample: Sample) -> list[dict[str, str]]:
+        return [
+            {
+                "role": "user",
+                "content": (
+                    f"Translate this software interface string from {self.source_language} to "
+                    f"{self.language_name}. Keep placeholders such as %(name)s and {{name}} unchanged. "
+                    f"Reply with the translation only.\n\n{sample.prompt}"
+                ),
+            }
+        ]
+
+    def _catalog_samples(self) -> list[Sample]:
+        if self._catalog is None:
+            roots = [Path(self.po_dir)] if self.po_dir is not None else django_locale_dirs()
+            if self.po_dir is not None and not roots[0].is_dir():
+                raise ConfigError(f"po_dir {str(self.po_dir)!r} is not a directory")
+            files = po_files(roots, self.language)
+            if not files:
+                raise ConfigError(
+                    f"no .po files for language {self.language!r} under {[str(r) for r in roots]}; "
+                    f"available: {available_languages(roots)}"
+                )
+            seen: dict[str, Sample] = {}
+            for path in files:
+                for entry in read_po(path):
+                    if entry.msgid not in seen:  # the same string in several catalogs: keep one
+                        seen[entry.msgid] = Sample(
+                            id=f"{entry.msgctxt + '|' if entry.msgctxt else ''}{entry.msgid}",
+                            prompt=entry.msgid,
+                            references=(entry.msgstr,),
+                            meta={"file": entry.file, "line": entry.line},
+                        )
+            if not seen:
+                raise DataError(f"the .po files of {self.language!r} hold no translated entries: {files}")
+            self._catalog = list(seen.values())
+        return self._catalog
+
+    def load(self, split: str) -> list[Sample]:
+        split = check_split(split)
+        if self.data_files is not None:
+            return load_data_files(self.data_files, split, self.fields)
+        if self.dataset is not None:
+            return load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=self.fields)
+        # split by source string: a string never appears in two splits
+        return split_samples(self._catalog_samples(), split, key=lambda s: s.prompt)

@@ -1,0 +1,172 @@
+"""TextVectorEnv: N text episodes stepped as arrays, scored in batches.
+
+It is every id's ``vector_entry_point``, so ``gym.make_vec(id, num_envs=N)``
+returns it.  Slot ``i`` behaves exactly like a single :class:`~textgym.env.TextEnv`
+reset with ``seed + i``: same prompts, same rewards.
+
+Autoreset follows Gymnasium (``metadata["autoreset_mode"]``):
+
+* ``"NextStep"`` (default): the step after an episode ended resets that slot
+  (its action is ignored, reward 0);
+* ``"SameStep"``: a finished slot is reset in the same step; the last
+  observation and info are in ``infos["final_obs"]`` / ``infos["final_info"]``
+  (what Stable-Baselines3's VecEnv expects);
+* ``"Disabled"``: finished slots wait for ``reset(options={"reset_mask": m})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textgym.env import RENDER_MODES, check_render_mode
+from textgym.envsetup import EnvSetup, RewardMode
+from textgym.episodes import Episodes, check_actions
+from textgym.errors import ConfigError, ResetNeeded
+from textgym.rewards.base import RewardSpec
+
+
+def _autoreset_mode(value: Any) -> AutoresetMode:
+    try:
+        return AutoresetMode(value)
+    except ValueError:
+        allowed = [m.value for m in AutoresetMode]
+        raise ConfigError(f"autoreset_mode must be one of {allowed}, got {value!r}") from None
+
+
+class TextVectorEnv(VectorEnv):
+    """N episodes of one text task, batched (see the module docstring).
+
+    Example:
+        >>> import gymnasium as gym, textgym
+        >>> envs = gym.make_vec("textgym/Copy-v0", num_envs=4, model="tiny-random")
+        >>> obs, infos = envs.reset(seed=0)
+        >>> obs["input_ids"].shape[0]
+        4
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        num_envs: int = 1,
+        *,
+        model: str | None = None,
+        split: str = "train",
+        max_new_tokens: int = 64,
+        max_prompt_tokens: int = 256,
+        reward: RewardSpec | None = None,
+        reward_mode: RewardMode = "sparse",
+        render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        **task_kwargs: Any,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.num_envs = int(num_envs)
+        self.render_mode = check_render_mode(render_mode)
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
+        self.metadata = {"render_modes": RENDER_MODES, "autoreset_mode": self.autoreset_mode}
+        self.setup = EnvSetup(
+            task,
+            model=model,
+            split=split,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            reward=reward,
+            reward_mode=reward_mode,
+            owner=type(self).__name__,
+            **task_kwargs,
+        )
+        self.single_observation_space = self.setup.observation_space
+        self.single_action_space = self.setup.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._episodes = Episodes(self.setup, self.num_envs)
+        self._all = np.arange(self.num_envs)
+        self._rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(self.num_envs)]
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def task(self) -> Any:
+        return self.setup.task
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.setup.tokenizer
+
+    def _reset_slots(self, slots: np.ndarray, options: dict[str, Any] | None, infos: dict[str, Any]) -> dict[str, Any]:
+        for slot in slots:
+            index = self.setup.draw(self._rngs[slot], options)
+            infos = self._add_info(infos, self._episodes.reset_slot(int(slot), index), int(slot))
+        self._autoreset[slots] = False
+        return infos
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset every slot (or those in ``options["reset_mask"]``).
+
+        ``seed`` is an int (slot ``i`` gets ``seed + i``) or one seed per slot.
+        """
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
+            if len(seeds) != self.num_envs:
+                raise ConfigError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+            for i, s in enumerate(seeds):
+                if s is not None:
+                    self._rngs[i] = np.random.default_rng(s)
+        slots = self._all
+        if options and "reset_mask" in options:
+            mask = np.asarray(options["reset_mask"])
+            if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
+                raise ConfigError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask!r}")
+            slots = np.flatnonzero(mask)
+        infos = self._reset_slots(slots, options, {})
+        return self._episodes.obs(), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = check_actions(actions, self.num_envs, self.setup.vocab_size)
+        infos: dict[str, Any] = {}
+        rows = self._all
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._autoreset.any():
+            resetting = np.flatnonzero(self._autoreset)
+            infos = self._reset_slots(resetting, None, infos)
+            rows = np.flatnonzero(~np.isin(self._all, resetting))
+        self._episodes.check_running(rows)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        if rows.size:
+            r, te, tr, finals = self._episodes.step(actions[rows], rows)
+            rewards[rows], terminated[rows], truncated[rows] = r, te, tr
+            done = np.flatnonzero(terminated | truncated)
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
+                final_obs = self._episodes.obs(done)
+                for k, slot in enumerate(done):
+                    obs_k = {key: value[k] for key, value in final_obs.items()}
+                    infos = self._add_info(infos, {"final_obs": obs_k, "final_info": finals[int(slot)]}, int(slot))
+                infos = self._reset_slots(done, None, infos)
+            else:
+                for slot, info in finals.items():
+                    infos = self._add_info(infos, info, slot)
+            self._autoreset = terminated | truncated
+        return self._episodes.obs(), rewards, terminated, truncated, infos
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed actions per slot, shape ``(num_envs, vocab_size)``."""
+        mask = self.setup.action_mask
+        if mask is None:
+            return np.ones((self.num_envs, self.setup.vocab_size), dtype=bool)
+        return np.broadcast_to(mask, (self.num_envs, mask.shape[0]))
+
+    def render(self) -> tuple[str, ...] | None:
+        if self.render_mode != "ansi":
+            return None
+        if not self._episodes.started.all():
+            raise ResetNeeded("call reset() before render()")
+        return tuple(self._episodes.render(i) for i in range(self.num_envs))
