@@ -74,7 +74,7 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         True
     """
 
-    metadata: dict[str, Any] = {"render_modes": RENDER_MODES}
+    metadata: dict[str, Any] = {"render_modes": RENDER_MODES, "render_fps": 1}
 
     def __init__(
         self,

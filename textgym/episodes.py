@@ -79,7 +79,7 @@ class Episodes:
             "references": list(sample.references),
         }
         if self.setup.action_mask is not None:
-            info["action_mask"] = self.setup.action_mask
+            info["action_mask"] = self.setup.action_mask.copy()
         return info
 
     # -- observations -----------------------------------------------------------

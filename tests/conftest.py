@@ -1,0 +1,29 @@
+"""Shared test helpers: the registry's ids and the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import textgym
+
+TINY = "tiny-random"
+
+
+def builtin_ids() -> list[str]:
+    """Every id textgym itself registers (plugins excluded)."""
+    return sorted(i for i, e in textgym.ENVS.items() if e.source == "textgym")
+
+
+def random_actions(env, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """Actions a sensible random agent takes: uniform over the allowed tokens, never EOS."""
+    setup = env.unwrapped.setup
+    allowed = np.ones(setup.vocab_size, bool) if setup.action_mask is None else setup.action_mask.copy()
+    allowed[setup.eos_id] = False
+    choices = np.flatnonzero(allowed)
+    return rng.choice(choices, size=n) if n is not None else rng.choice(choices)
+
+
+@pytest.fixture
+def tiny() -> str:
+    return TINY

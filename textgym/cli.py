@@ -1,0 +1,121 @@
+"""The ``textgym`` command.
+
+    textgym list                      registered ids with one-line descriptions
+    textgym info ID                   spaces, reward, data and split sizes of an id
+    textgym play ID [--model M]       one episode with a model, printed readably
+    textgym train / eval ...          PPO training and evaluation (agents package)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+
+import textgym
+from textgym.errors import TextGymError
+
+
+def _entry(env_id: str) -> textgym.registry.EnvEntry:
+    if env_id not in textgym.ENVS:
+        raise TextGymError(f"unknown env id {env_id!r}; registered: {sorted(textgym.ENVS)}")
+    return textgym.ENVS[env_id]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    width = max(len(i) for i in textgym.ENVS)
+    for env_id, entry in sorted(textgym.ENVS.items()):
+        source = "" if entry.source == "textgym" else f"  [{entry.source}]"
+        print(f"{env_id:<{width}}  {entry.description}{source}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    entry = _entry(args.id)
+    env = gym.make(args.id, model=args.model)
+    setup = env.unwrapped.setup
+    task = setup.task
+    low, high = setup.reward.range
+    reward = setup.reward.function or setup.reward.weights
+    print(f"id:           {args.id}  (source: {entry.source})")
+    print(f"description:  {entry.description}")
+    print(f"task:         {type(task).__module__}:{type(task).__name__}")
+    print(f"data:         {entry.data}")
+    print(f"defaults:     {dict(entry.kwargs)}")
+    print(f"action space: {env.action_space}")
+    print(f"observation:  {env.observation_space}")
+    print(f"reward:       {reward}  range [{low}, {high}]  main metric: {task.main_metric}")
+    print(f"info metrics: {list(setup.reward.metric_names)}")
+    print(f"action mask:  {'yes' if setup.action_mask is not None else 'no'}")
+    sizes = task.splits_info()
+    print("splits:       " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from textgym.models import load_model
+    from textgym.rollout import play_episodes
+
+    envs = gym.make_vec(args.id, num_envs=args.episodes, model=args.model, split=args.split)
+    model = load_model(args.model)
+    infos = play_episodes(envs, model, seed=args.seed, do_sample=not args.greedy, temperature=args.temperature)
+    for k, info in enumerate(infos):
+        print(f"=== {args.id} episode {k} (sample {info['sample_id']}, seed {args.seed}) ===")
+        print(f"prompt:    {info['prompt']}")
+        print(f"output:    {info['generated_text']}")
+        for ref in info["references"][:1]:
+            print(f"reference: {ref}")
+        metrics = ", ".join(f"{n}={v:.4f}" for n, v in info["metrics"].items())
+        print(f"reward:    {info['reward']:.4f}  ({metrics})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textgym", description="Text tasks as Gymnasium environments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered env ids")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="spaces, reward, data and split sizes of an env id")
+    p.add_argument("id")
+    p.add_argument("--model", default=None, help="model alias, path or hub id (tokenizer); default: SmolLM2")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("play", help="play episodes with a model and print them")
+    p.add_argument("id")
+    p.add_argument("--model", default=None, help="model alias, path or hub id; default: SmolLM2-135M-Instruct")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.set_defaults(func=cmd_play)
+
+    _add_agent_commands(sub)
+    return parser
+
+
+def _add_agent_commands(sub: Any) -> None:
+    """train/eval live in the agents package (same distribution); textgym never imports it otherwise."""
+    try:
+        from agents.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TextGymError as err:
+        print(f"textgym: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Play episodes with a Hugging Face causal LM: the reference loop for zero-shot use.
+
+:func:`play_episodes` resets a :class:`~textgym.vector.TextVectorEnv`, lets
+the model generate an answer for every slot in one batched ``generate`` call
+(KV cache, the env's action mask as a logits processor), feeds the tokens to
+the env step by step and returns the finished episodes' infos.  ``textgym
+play`` and the demo use it; agents that learn (TextPPO) have their own loop.
+
+Example:
+    >>> import gymnasium as gym, textgym
+    >>> from textgym.models import load_model
+    >>> from textgym.rollout import play_episodes
+    >>> envs = gym.make_vec("textgym/Copy-v0", num_envs=2, model="tiny-random")
+    >>> infos = play_episodes(envs, load_model("tiny-random"), seed=0)
+    >>> len(infos)
+    2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class _MaskLogits:
+    """A transformers logits processor that forbids the tokens a mask excludes."""
+
+    def __init__(self, allowed: np.ndarray) -> None:
+        import torch
+
+        self.blocked = torch.from_numpy(~np.asarray(allowed, dtype=bool))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        blocked = self.blocked.to(scores.device)
+        return scores.masked_fill(blocked[: scores.shape[-1]], float("-inf"))
+
+
+def filler_token(setup: Any) -> int:
+    """An allowed token that is not EOS (to keep finished slots busy without ending)."""
+    allowed = np.ones(setup.vocab_size, dtype=bool) if setup.action_mask is None else setup.action_mask.copy()
+    allowed[setup.eos_id] = False
+    return int(np.flatnonzero(allowed)[0])
+
+
+def generate_tokens(
+    model: Any,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    action_mask: np.ndarray | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> np.ndarray:
+    """New tokens for a batch of left-padded prompts, shape ``(batch, <= max_new_tokens)``."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    device = next(model.parameters()).device
+    processors = LogitsProcessorList([_MaskLogits(action_mask)] if action_mask is not None else [])
+    kwargs: dict[str, Any] = {"do_sample": do_sample}
+    if do_sample:
+        kwargs["temperature"] = temperature
+        kwargs["top_k"] = 0
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.as_tensor(input_ids, device=device),
+            attention_mask=torch.as_tensor(attention_mask, device=device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+            logits_processor=processors,
+            **kwargs,
+        )
+    return out[:, input_ids.shape[1] :].cpu().numpy()
+
+
+def play_episodes(
+    envs: Any,
+    model: Any,
+    *,
+    seed: int | None = None,
+    options: dict[str, Any] | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> list[dict[str, Any]]:
+    """One episode per slot of ``envs``; returns each slot's final info (metrics, texts)."""
+    env = envs.unwrapped if hasattr(envs, "unwrapped") else envs
+    setup = env.setup
+    obs, _ = env.reset(seed=seed, options=options)
+    prompt_cols = setup.max_prompt_tokens
+    tokens = generate_tokens(
+        model,
+        obs["input_ids"][:, :prompt_cols],
+        obs["attention_mask"][:, :prompt_cols],
+        max_new_tokens=setup.max_new_tokens,
+        eos_id=setup.eos_id,
+        action_mask=setup.action_mask,
+        do_sample=do_sample,
+        temperature=temperature,
+        seed=seed,
+    )
+    n = env.num_envs
+    finals: list[dict[str, Any] | None] = [None] * n
+    ended = np.zeros(n, dtype=bool)
+    filler = filler_token(setup)
+    for t in range(setup.max_new_tokens):
+        column = tokens[:, t] if t < tokens.shape[1] else np.full(n, setup.eos_id)
+        # Slots that already ended get a non-EOS filler: their autoreset
+        # episode would need max_new_tokens more steps to end, so it is never
+        # scored before this loop stops.
+        column = np.where(ended, filler, column)
+        _, rewards, terminated, truncated, infos = env.step(column.astype(np.int64))
+        for i in np.flatnonzero(terminated | truncated):
+            if finals[i] is None:
+                finals[i] = {key: _item(value, i) for key, value in infos.items() if not key.startswith("_")}
+                finals[i]["reward"] = float(rewards[i])
+        ended |= terminated | truncated
+        if all(f is not None for f in finals):
+            break
+    return [f for f in finals if f is not None]
+
+
+def _item(value: Any, i: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _item(v, i) for k, v in value.items() if not k.startswith("_")}
+    item = value[i]
+    return item.item() if isinstance(item, np.generic) else item
