@@ -177,3 +177,19 @@ def test_vector_scores_finished_episodes_in_one_batch(monkeypatch) -> None:
     envs.step(np.full(4, red))
     envs.step(np.full(4, red))
     assert sizes == [4]
+
+
+def test_sequence_level_wrapper_scores_a_whole_answer_like_token_steps() -> None:
+    from textgym.wrappers import SequenceLevel
+
+    env = SequenceLevel(gym.make("textgym/Translation-v0", model=TINY))
+    _, info = env.reset(seed=1)
+    answer = info["references"][0]
+    _, reward, terminated, truncated, final = env.step(answer)
+    assert terminated and not truncated
+    assert reward == final["metrics"]["reward"] == 1.0 and final["generated_text"] == answer
+    env.reset(seed=1)
+    _, reward, *_ = env.step("")
+    assert reward == 0.0
+    with pytest.raises(gym.error.InvalidAction, match="response strings, got int"):
+        env.step(5)

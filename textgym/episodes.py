@@ -59,7 +59,7 @@ class Episodes:
         self.final_text: list[str | None] = [None] * n
 
     # -- reset ----------------------------------------------------------------
-    def reset_slot(self, slot: int, index: int) -> dict[str, Any]:
+    def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
         prompt, text = self.setup.encoded_prompt(index)
         self.ids[slot] = self.setup.pad_id
         self.mask[slot] = 0
@@ -78,7 +78,7 @@ class Episodes:
             "prompt_text": text,
             "references": list(sample.references),
         }
-        if self.setup.action_mask is not None:
+        if with_mask and self.setup.action_mask is not None:
             info["action_mask"] = self.setup.action_mask.copy()
         return info
 

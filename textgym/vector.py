@@ -98,10 +98,34 @@ class TextVectorEnv(VectorEnv):
         return self.setup.tokenizer
 
     def _reset_slots(self, slots: np.ndarray, options: dict[str, Any] | None, infos: dict[str, Any]) -> dict[str, Any]:
-        for slot in slots:
-            index = self.setup.draw(self._rngs[slot], options)
-            infos = self._add_info(infos, self._episodes.reset_slot(int(slot), index), int(slot))
+        # The action mask is not repeated per slot in infos: use action_masks().
+        reset_infos = [
+            self._episodes.reset_slot(int(slot), self.setup.draw(self._rngs[slot], options), with_mask=False)
+            for slot in slots
+        ]
         self._autoreset[slots] = False
+        return self._merge_infos(infos, slots, reset_infos)
+
+    def _merge_infos(self, infos: dict[str, Any], slots: Any, per_slot: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gymnasium's vector info layout (``key`` arrays + ``_key`` masks), one key at a time."""
+        slots = np.asarray(slots, dtype=np.int64)
+        keys = dict.fromkeys(k for info in per_slot for k in info)
+        for key in keys:
+            have = [i for i, info in enumerate(per_slot) if key in info]
+            values = [per_slot[i][key] for i in have]
+            rows = slots[have]
+            if all(isinstance(v, dict) for v in values):
+                infos[key] = self._merge_infos(infos.get(key, {}), rows, values)
+            else:
+                if key not in infos:
+                    numeric = all(isinstance(v, (bool, int, float, np.number)) for v in values)
+                    dtype = np.asarray(values).dtype if numeric else object
+                    infos[key] = np.zeros(self.num_envs, dtype=dtype) if numeric else np.full(self.num_envs, None, object)
+                    infos["_" + key] = np.zeros(self.num_envs, dtype=bool)
+                array = infos[key]
+                for row, value in zip(rows, values):
+                    array[row] = value
+                infos["_" + key][rows] = True
         return infos
 
     def reset(
@@ -147,13 +171,14 @@ class TextVectorEnv(VectorEnv):
             done = np.flatnonzero(terminated | truncated)
             if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
                 final_obs = self._episodes.obs(done)
+                infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
                 for k, slot in enumerate(done):
-                    obs_k = {key: value[k] for key, value in final_obs.items()}
-                    infos = self._add_info(infos, {"final_obs": obs_k, "final_info": finals[int(slot)]}, int(slot))
+                    infos["final_obs"][slot] = {key: value[k] for key, value in final_obs.items()}
+                infos["_final_obs"] = np.isin(self._all, done)
+                infos = self._merge_infos(infos, done, [{"final_info": finals[int(s)]} for s in done])
                 infos = self._reset_slots(done, None, infos)
-            else:
-                for slot, info in finals.items():
-                    infos = self._add_info(infos, info, slot)
+            elif finals:
+                infos = self._merge_infos(infos, list(finals), list(finals.values()))
             self._autoreset = terminated | truncated
         return self._episodes.obs(), rewards, terminated, truncated, infos
 

@@ -1,0 +1,51 @@
+"""Wrappers around TextEnv.
+
+:class:`SequenceLevel` turns the token-level env into a one-step env whose
+action is a whole response string: for agents that produce full texts
+(zero-shot language models, API models, humans).  The string is tokenized
+with the env's tokenizer, cut to ``max_new_tokens`` and played token by
+token, so the reward and ``info`` are exactly the token-level env's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from textgym.errors import InvalidAction
+
+
+class SequenceLevel(gym.Wrapper):
+    """One step per episode: the action is the complete answer text.
+
+    Example:
+        >>> import gymnasium as gym, textgym
+        >>> from textgym.wrappers import SequenceLevel
+        >>> env = SequenceLevel(gym.make("textgym/Copy-v0", model="tiny-random"))
+        >>> obs, info = env.reset(seed=0)
+        >>> _, reward, terminated, truncated, info = env.step(info["references"][0])
+        >>> reward
+        1.0
+    """
+
+    def __init__(self, env: gym.Env, max_chars: int = 100_000) -> None:
+        super().__init__(env)
+        self.action_space = gym.spaces.Text(max_length=max_chars, min_length=0)
+        self._setup = env.unwrapped.setup
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if not isinstance(action, str):
+            raise InvalidAction(f"SequenceLevel actions are response strings, got {type(action).__name__} {action!r}")
+        setup = self._setup
+        tokens = setup.tokenizer(action, add_special_tokens=False)["input_ids"][: setup.max_new_tokens]
+        if len(tokens) < setup.max_new_tokens:
+            tokens.append(setup.eos_id)
+        total = 0.0
+        for token in tokens:
+            obs, reward, terminated, truncated, info = self.env.step(np.int64(token))
+            total += float(reward)
+            if terminated or truncated:
+                return obs, total, bool(terminated), bool(truncated), info
+        raise AssertionError("unreachable: the token-level episode always ends within max_new_tokens")
