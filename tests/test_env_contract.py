@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from textgym.tasks.copy import copy_scores
 from tests.conftest import TINY
+from textgym.tasks.copy import copy_scores
 
 
 def word_token(env, word: str) -> int:

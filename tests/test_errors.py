@@ -9,10 +9,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from tests.conftest import TINY
 from textgym import TextEnv
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled, InvalidAction, ModelError
 from textgym.tasks.translation import TranslationTask
-from tests.conftest import TINY
 
 
 def test_unknown_env_kwarg_lists_allowed_ones() -> None:

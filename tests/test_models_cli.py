@@ -7,9 +7,9 @@ import time
 import pytest
 
 import textgym
+from tests.conftest import TINY
 from textgym import models
 from textgym.cli import main
-from tests.conftest import TINY
 
 
 def test_tiny_model_shares_the_tokenizer_vocabulary() -> None:

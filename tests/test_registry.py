@@ -8,10 +8,10 @@ import gymnasium as gym
 import pytest
 
 import textgym
+from tests.conftest import TINY
 from textgym.errors import ConfigError
 from textgym.registry import load_plugins, register_env
 from textgym.tasks.copy import CopyTask
-from tests.conftest import TINY
 
 
 def test_every_yaml_id_is_registered_with_a_vector_entry_point() -> None:

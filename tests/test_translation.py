@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import sacrebleu
 
+from tests.conftest import TINY
 from textgym.data import Sample
 from textgym.data.gettext import read_po
 from textgym.errors import DataError
 from textgym.rewards import Reward
 from textgym.tasks.translation import placeholder_scores
-from tests.conftest import TINY
 
 PO = r'''# header comment
 msgid ""

@@ -10,6 +10,7 @@ installed plugins (entry-point group ``textgym.envs``)::
     envs = gym.make_vec("textgym/Translation-v0", num_envs=8, model="tiny-random")
 """
 
+from textgym.authoring import SimpleTask, register_task
 from textgym.data.base import Sample
 from textgym.env import TextEnv
 from textgym.registry import ENVS, load_plugins, register_builtin, register_env, register_from_yaml
@@ -27,9 +28,11 @@ __all__ = [
     "Reward",
     "RewardOutput",
     "Sample",
+    "SimpleTask",
     "Task",
     "TextEnv",
     "TextVectorEnv",
     "register_env",
     "register_from_yaml",
+    "register_task",
 ]

@@ -3,6 +3,7 @@
     textgym list                      registered ids with one-line descriptions
     textgym info ID                   spaces, reward, data and split sizes of an id
     textgym play ID [--model M]       one episode with a model, printed readably
+    textgym new-task NAME             a task skeleton (module + YAML entry + test)
     textgym train / eval ...          PPO training and evaluation (agents package)
 """
 
@@ -73,6 +74,15 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_task(args: argparse.Namespace) -> int:
+    from textgym.scaffold import new_task
+
+    for path in new_task(args.name, args.out, args.namespace):
+        print(f"wrote {path}")
+    print(f"next: cd {args.out} && python -m pytest test_{args.name}.py")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textgym", description="Text tasks as Gymnasium environments.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("new-task", help="write a commented task skeleton (module, YAML entry, test)")
+    p.add_argument("name", help="lower-case identifier, e.g. arithmetic")
+    p.add_argument("--out", default=".", help="folder to write into (default: here)")
+    p.add_argument("--namespace", default="my", help="env id namespace (default: my -> my/Name-v0)")
+    p.set_defaults(func=cmd_new_task)
 
     _add_agent_commands(sub)
     return parser

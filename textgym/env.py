@@ -7,8 +7,8 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from textgym.episodes import Episodes, check_actions
 from textgym.envsetup import EnvSetup, RewardMode
+from textgym.episodes import Episodes, check_actions
 from textgym.errors import ConfigError
 from textgym.rewards.base import RewardSpec
 

@@ -99,7 +99,7 @@ class EnvSetup:
         self.reward = Reward(
             self.task.default_reward if reward is None else reward,
             extra_metrics=self.task.info_metrics,
-            owner=owner,
+            owner=f"task {getattr(self.task, 'name', type(self.task).__name__)!r}",
         )
         self.samples: list[Sample] = self.task.samples(self.split)
         self.eos_id = int(self.tokenizer.eos_token_id)

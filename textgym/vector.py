@@ -121,11 +121,11 @@ class TextVectorEnv(VectorEnv):
                     numeric = all(isinstance(v, (bool, int, float, np.number)) for v in values)
                     dtype = np.asarray(values).dtype if numeric else object
                     infos[key] = np.zeros(self.num_envs, dtype=dtype) if numeric else np.full(self.num_envs, None, object)
-                    infos["_" + key] = np.zeros(self.num_envs, dtype=bool)
                 array = infos[key]
                 for row, value in zip(rows, values):
                     array[row] = value
-                infos["_" + key][rows] = True
+            mask = infos.setdefault("_" + key, np.zeros(self.num_envs, dtype=bool))
+            mask[rows] = True
         return infos
 
     def reset(

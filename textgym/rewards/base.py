@@ -23,7 +23,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class RewardOutput(NamedTuple):
 
 
 RewardCallable = Callable[[Sequence[str], Sequence[Sample]], Any]
-RewardSpec = Union[str, Mapping[str, float], RewardCallable]
+RewardSpec = str | Mapping[str, float] | RewardCallable
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _check_scores(values: Any, n: int, owner: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
         raise RewardError(
-            f"reward of {owner} returned a non-finite value {scores[bad[0]]!r} at batch index {int(bad[0])}"
+            f"reward of {owner} returned a non-finite value {float(scores[bad[0]])!r} at batch index {int(bad[0])}"
         )
     return scores
 
