@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from textgym.data.base import Sample, as_samples, check_split, split_samples
-from textgym.data.files import load_data_files
+from textgym.data.files import check_bad_row_policy, load_data_files
 from textgym.data.hf import load_hf_dataset
 from textgym.errors import ConfigError
 from textgym.registry import EnvEntry, register_env
@@ -51,6 +51,7 @@ class SimpleTask(Task):
         prompt: a format string over the sample (``{prompt}`` and any extra
             key of the sample) or a function ``sample -> str | messages``.
         chat: wrap the prompt in the tokenizer's chat template.
+        on_bad_row: ``"raise"`` (default) or ``"skip"`` bad rows of data files/datasets (with a warning).
         allowed_tokens: strings whose tokens (plus EOS) are the only sensible
             actions; exposed as the env's action mask.
         name: the name errors use (``register_task`` passes the env id).
@@ -68,9 +69,11 @@ class SimpleTask(Task):
         chat: bool = True,
         allowed_tokens: Sequence[str] | None = None,
         main_metric: str = "reward",
+        on_bad_row: str = "raise",
         name: str = "SimpleTask",
     ) -> None:
         super().__init__()
+        self.on_bad_row = check_bad_row_policy(on_bad_row)
         if sum(x is not None for x in (samples, data_files, dataset)) != 1:
             raise ConfigError(f"task {name!r}: give exactly one of samples=, data_files= and dataset=")
         if not (isinstance(prompt, str) or callable(prompt)):
@@ -86,9 +89,11 @@ class SimpleTask(Task):
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
         if self.data_files is not None:
-            return load_data_files(self.data_files, split, self.fields)
+            return load_data_files(self.data_files, split, self.fields, on_bad_row=self.on_bad_row)
         if self.dataset is not None:
-            return load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=self.fields)
+            return load_hf_dataset(
+                self.dataset, split, dataset_config=self.dataset_config, fields=self.fields, on_bad_row=self.on_bad_row
+            )
         source = self.source
         if callable(source):
             return as_samples(source(split), f"{self.name} samples({split!r})")
@@ -147,6 +152,7 @@ def register_task(
     dataset: str | os.PathLike[str] | None = None,
     dataset_config: str | None = None,
     main_metric: str = "reward",
+    on_bad_row: str = "raise",
     **env_defaults: Any,
 ) -> EnvEntry:
     """Register data + prompt + reward as a Gymnasium id (with a vector entry point).
@@ -166,6 +172,7 @@ def register_task(
         "chat": chat,
         "allowed_tokens": allowed_tokens,
         "main_metric": main_metric,
+        "on_bad_row": on_bad_row,
         "name": id,
     }
     SimpleTask(**task_kwargs)  # argument errors now, not at the first gym.make

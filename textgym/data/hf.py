@@ -9,11 +9,12 @@ a filled HF cache); a saved-to-disk dataset works offline.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from textgym.data.base import Sample, check_split
-from textgym.data.files import DEFAULT_FIELDS, row_to_sample
+from textgym.data.files import DEFAULT_FIELDS, check_bad_row_policy, row_to_sample
 from textgym.errors import DataError, DependencyNotInstalled
 
 # textgym split name -> names datasets commonly use for it
@@ -44,9 +45,11 @@ def load_hf_dataset(
     dataset_config: str | None = None,
     fields: Mapping[str, str] | None = None,
     keep: Sequence[str] = (),
+    on_bad_row: str = "raise",
 ) -> list[Sample]:
-    """The samples of ``split`` from a hub dataset or a ``save_to_disk`` folder."""
+    """The samples of ``split`` from a hub dataset or a ``save_to_disk`` folder (``on_bad_row`` as for files)."""
     split = check_split(split)
+    check_bad_row_policy(on_bad_row)
     datasets = _import_datasets()
     mapping = {**DEFAULT_FIELDS, **(fields or {})}
     name = os.fspath(dataset)
@@ -57,7 +60,14 @@ def load_hf_dataset(
     else:  # pragma: no cover - needs the hub
         available = datasets.get_dataset_split_names(name, dataset_config)
         loaded = datasets.load_dataset(name, dataset_config, split=_pick_split(available, split, name))
-    return [
-        row_to_sample(row, f"{name}[{split}][{i}]", mapping, default_id=f"{split}-{i}", keep=keep)
-        for i, row in enumerate(loaded)
-    ]
+    samples, errors = [], []
+    for i, row in enumerate(loaded):
+        try:
+            samples.append(row_to_sample(row, f"{name}[{split}][{i}]", mapping, default_id=f"{split}-{i}", keep=keep))
+        except DataError as err:
+            if on_bad_row == "raise":
+                raise
+            errors.append(err)
+    if errors:
+        warnings.warn(f"skipped {len(errors)} bad row(s) of {name}[{split}]; first: {errors[0]}", stacklevel=2)
+    return samples

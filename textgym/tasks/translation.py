@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from textgym.data.base import Sample, check_split, split_samples
-from textgym.data.files import load_data_files
+from textgym.data.files import check_bad_row_policy, load_data_files
 from textgym.data.gettext import read_po
 from textgym.data.hf import load_hf_dataset
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled
@@ -92,8 +92,10 @@ class TranslationTask(Task):
         dataset_config: str | None = None,
         fields: Mapping[str, str] | None = None,
         source_language: str = "English",
+        on_bad_row: str = "raise",
     ) -> None:
         super().__init__()
+        self.on_bad_row = check_bad_row_policy(on_bad_row)
         if sum(x is not None for x in (po_dir, data_files, dataset)) > 1:
             raise ConfigError("give at most one of po_dir=, data_files= and dataset=")
         if not isinstance(language, str) or not language:
@@ -149,8 +151,10 @@ class TranslationTask(Task):
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
         if self.data_files is not None:
-            return load_data_files(self.data_files, split, self.fields)
+            return load_data_files(self.data_files, split, self.fields, on_bad_row=self.on_bad_row)
         if self.dataset is not None:
-            return load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=self.fields)
+            return load_hf_dataset(
+                self.dataset, split, dataset_config=self.dataset_config, fields=self.fields, on_bad_row=self.on_bad_row
+            )
         # split by source string: a string never appears in two splits
         return split_samples(self._catalog_samples(), split, key=lambda s: s.prompt)
