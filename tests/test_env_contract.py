@@ -193,3 +193,12 @@ def test_sequence_level_wrapper_scores_a_whole_answer_like_token_steps() -> None
     assert reward == 0.0
     with pytest.raises(gym.error.InvalidAction, match="response strings, got int"):
         env.step(5)
+
+
+def test_vector_reset_with_one_index_per_slot() -> None:
+    envs = gym.make_vec("textgym/Translation-v0", num_envs=3, model=TINY)
+    samples = envs.unwrapped.setup.samples
+    _, infos = envs.reset(options={"index": [4, 0, 9]})
+    assert list(infos["sample_id"]) == [samples[4].id, samples[0].id, samples[9].id]
+    with pytest.raises(ValueError, match="index has 2 entries for 3 envs"):
+        envs.reset(options={"index": [1, 2]})

@@ -58,11 +58,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_play(args: argparse.Namespace) -> int:
     from textgym.models import load_model
-    from textgym.rollout import play_episodes
+    from textgym.rollout import lm_responder, play_episodes
 
     envs = gym.make_vec(args.id, num_envs=args.episodes, model=args.model, split=args.split)
     model = load_model(args.model)
-    infos = play_episodes(envs, model, seed=args.seed, do_sample=not args.greedy, temperature=args.temperature)
+    respond = lm_responder(model, do_sample=not args.greedy, temperature=args.temperature, seed=args.seed)
+    infos = play_episodes(envs, respond, seed=args.seed)
     for k, info in enumerate(infos):
         print(f"=== {args.id} episode {k} (sample {info['sample_id']}, seed {args.seed}) ===")
         print(f"prompt:    {info['prompt']}")

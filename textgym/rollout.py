@@ -1,23 +1,25 @@
-"""Play episodes with a Hugging Face causal LM: the reference loop for zero-shot use.
+"""Play whole episodes with an answer-producing agent: zero-shot LMs, baselines.
 
-:func:`play_episodes` resets a :class:`~textgym.vector.TextVectorEnv`, lets
-the model generate an answer for every slot in one batched ``generate`` call
-(KV cache, the env's action mask as a logits processor), feeds the tokens to
-the env step by step and returns the finished episodes' infos.  ``textgym
-play`` and the demo use it; agents that learn (TextPPO) have their own loop.
+:func:`play_episodes` resets a :class:`~textgym.vector.TextVectorEnv`, asks
+a *responder* for every slot's answer tokens at once (for a causal LM:
+one batched ``generate`` call with KV cache and the env's action mask as a
+logits processor, see :func:`lm_responder`), feeds the tokens to the env step
+by step and returns the finished episodes' infos.  ``textgym play`` and the
+benchmark use it; agents that learn (TextPPO) have their own loop.
 
 Example:
     >>> import gymnasium as gym, textgym
     >>> from textgym.models import load_model
-    >>> from textgym.rollout import play_episodes
+    >>> from textgym.rollout import lm_responder, play_episodes
     >>> envs = gym.make_vec("textgym/Copy-v0", num_envs=2, model="tiny-random")
-    >>> infos = play_episodes(envs, load_model("tiny-random"), seed=0)
+    >>> infos = play_episodes(envs, lm_responder(load_model("tiny-random")), seed=0)
     >>> len(infos)
     2
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,31 +82,48 @@ def generate_tokens(
     return out[:, input_ids.shape[1] :].cpu().numpy()
 
 
+Responder = Callable[[dict[str, np.ndarray], Any], np.ndarray]
+
+
+def lm_responder(model: Any, *, do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Responder:
+    """A responder that answers with a causal LM's batched ``generate`` (KV cache)."""
+
+    def respond(obs: dict[str, np.ndarray], setup: Any) -> np.ndarray:
+        cols = setup.max_prompt_tokens
+        return generate_tokens(
+            model,
+            obs["input_ids"][:, :cols],
+            obs["attention_mask"][:, :cols],
+            max_new_tokens=setup.max_new_tokens,
+            eos_id=setup.eos_id,
+            action_mask=setup.action_mask,
+            do_sample=do_sample,
+            temperature=temperature,
+            seed=seed,
+        )
+
+    return respond
+
+
 def play_episodes(
     envs: Any,
-    model: Any,
+    respond: Any,
     *,
     seed: int | None = None,
     options: dict[str, Any] | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """One episode per slot of ``envs``; returns each slot's final info (metrics, texts)."""
+    """One episode per slot of ``envs``; returns each slot's final info (metrics, texts, reward).
+
+    ``respond(obs, setup)`` returns the answer tokens of every slot, shape
+    ``(num_envs, <= max_new_tokens)`` (:func:`lm_responder` makes one from a
+    causal LM).  The tokens are fed
+    to the env one step at a time, so rewards and infos are exactly the
+    token-level env's.
+    """
     env = envs.unwrapped if hasattr(envs, "unwrapped") else envs
     setup = env.setup
     obs, _ = env.reset(seed=seed, options=options)
-    prompt_cols = setup.max_prompt_tokens
-    tokens = generate_tokens(
-        model,
-        obs["input_ids"][:, :prompt_cols],
-        obs["attention_mask"][:, :prompt_cols],
-        max_new_tokens=setup.max_new_tokens,
-        eos_id=setup.eos_id,
-        action_mask=setup.action_mask,
-        do_sample=do_sample,
-        temperature=temperature,
-        seed=seed,
-    )
+    tokens = np.asarray(respond(obs, setup), dtype=np.int64)
     n = env.num_envs
     finals: list[dict[str, Any] | None] = [None] * n
     ended = np.zeros(n, dtype=bool)
@@ -115,13 +134,13 @@ def play_episodes(
         # episode would need max_new_tokens more steps to end, so it is never
         # scored before this loop stops.
         column = np.where(ended, filler, column)
-        _, rewards, terminated, truncated, infos = env.step(column.astype(np.int64))
+        _, rewards, terminated, truncated, infos = env.step(column)
         for i in np.flatnonzero(terminated | truncated):
             if finals[i] is None:
                 finals[i] = {key: _item(value, i) for key, value in infos.items() if not key.startswith("_")}
                 finals[i]["reward"] = float(rewards[i])
         ended |= terminated | truncated
-        if all(f is not None for f in finals):
+        if ended.all():
             break
     return [f for f in finals if f is not None]
 

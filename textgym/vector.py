@@ -100,11 +100,20 @@ class TextVectorEnv(VectorEnv):
     def _reset_slots(self, slots: np.ndarray, options: dict[str, Any] | None, infos: dict[str, Any]) -> dict[str, Any]:
         # The action mask is not repeated per slot in infos: use action_masks().
         reset_infos = [
-            self._episodes.reset_slot(int(slot), self.setup.draw(self._rngs[slot], options), with_mask=False)
+            self._episodes.reset_slot(int(slot), self.setup.draw(self._rngs[slot], self._slot_options(options, slot)), with_mask=False)
             for slot in slots
         ]
         self._autoreset[slots] = False
         return self._merge_infos(infos, slots, reset_infos)
+
+    def _slot_options(self, options: dict[str, Any] | None, slot: int) -> dict[str, Any] | None:
+        """``options={"index": [i0, i1, ...]}`` gives every slot its own sample."""
+        if not options or np.ndim(options.get("index", 0)) == 0:
+            return options
+        indices = options["index"]
+        if len(indices) != self.num_envs:
+            raise ConfigError(f"reset option index has {len(indices)} entries for {self.num_envs} envs")
+        return {**options, "index": indices[slot]}
 
     def _merge_infos(self, infos: dict[str, Any], slots: Any, per_slot: list[dict[str, Any]]) -> dict[str, Any]:
         """Gymnasium's vector info layout (``key`` arrays + ``_key`` masks), one key at a time."""
@@ -134,6 +143,8 @@ class TextVectorEnv(VectorEnv):
         """Reset every slot (or those in ``options["reset_mask"]``).
 
         ``seed`` is an int (slot ``i`` gets ``seed + i``) or one seed per slot.
+        ``options={"index": i}`` picks sample ``i`` for every slot,
+        ``{"index": [i0, i1, ...]}`` one sample per slot.
         """
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
