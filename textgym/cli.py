@@ -3,6 +3,7 @@
     textgym list                      registered ids with one-line descriptions
     textgym info ID                   spaces, reward, data and split sizes of an id
     textgym play ID [--model M]       one episode with a model, printed readably
+    textgym bench [--envs all] [--agents random,zero-shot,ppo:DIR] ...   benchmark table + plots
     textgym new-task NAME             a task skeleton (module + YAML entry + test)
     textgym train / eval ...          PPO training and evaluation (agents package)
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -75,6 +77,21 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agents.benchmark import run_benchmark
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    results = run_benchmark(
+        args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed, model=args.model, out=args.out
+    )
+    print((Path(args.out) / "results.md").read_text())
+    errors = [c for c in results["cells"] if c.get("error")]
+    for cell in errors:
+        print(f"error in {cell['env']} / {cell['agent']}: {cell['error']}", file=sys.stderr)
+    print(f"wrote {args.out}/results.json, results.md, main_metric.png")
+    return 0
+
+
 def cmd_new_task(args: argparse.Namespace) -> int:
     from textgym.scaffold import new_task
 
@@ -105,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("bench", help="benchmark agents across envs: results.json, results.md, plots")
+    p.add_argument("--envs", default="all", help="all, or comma-separated ids")
+    p.add_argument("--agents", default="random,zero-shot", help="comma-separated: random, zero-shot, ppo:DIR")
+    p.add_argument("--episodes", type=int, default=16, help="episodes per (env, agent) cell")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer")
+    p.add_argument("--out", default="bench_results", help="output folder (re-run to resume)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("new-task", help="write a commented task skeleton (module, YAML entry, test)")
     p.add_argument("name", help="lower-case identifier, e.g. arithmetic")

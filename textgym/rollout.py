@@ -82,13 +82,13 @@ def generate_tokens(
     return out[:, input_ids.shape[1] :].cpu().numpy()
 
 
-Responder = Callable[[dict[str, np.ndarray], Any], np.ndarray]
+Responder = Callable[[dict[str, np.ndarray], dict[str, Any], Any], np.ndarray]
 
 
 def lm_responder(model: Any, *, do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Responder:
     """A responder that answers with a causal LM's batched ``generate`` (KV cache)."""
 
-    def respond(obs: dict[str, np.ndarray], setup: Any) -> np.ndarray:
+    def respond(obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
         cols = setup.max_prompt_tokens
         return generate_tokens(
             model,
@@ -114,7 +114,8 @@ def play_episodes(
 ) -> list[dict[str, Any]]:
     """One episode per slot of ``envs``; returns each slot's final info (metrics, texts, reward).
 
-    ``respond(obs, setup)`` returns the answer tokens of every slot, shape
+    ``respond(obs, infos, setup)`` (the reset observation and infos, and the
+    env's :class:`~textgym.envsetup.EnvSetup`) returns the answer tokens of every slot, shape
     ``(num_envs, <= max_new_tokens)`` (:func:`lm_responder` makes one from a
     causal LM).  The tokens are fed
     to the env one step at a time, so rewards and infos are exactly the
@@ -122,8 +123,8 @@ def play_episodes(
     """
     env = envs.unwrapped if hasattr(envs, "unwrapped") else envs
     setup = env.setup
-    obs, _ = env.reset(seed=seed, options=options)
-    tokens = np.asarray(respond(obs, setup), dtype=np.int64)
+    obs, reset_infos = env.reset(seed=seed, options=options)
+    tokens = np.asarray(respond(obs, reset_infos, setup), dtype=np.int64)
     n = env.num_envs
     finals: list[dict[str, Any] | None] = [None] * n
     ended = np.zeros(n, dtype=bool)

@@ -17,6 +17,14 @@ import numpy as np
 from textgym.errors import InvalidAction
 
 
+def response_tokens(setup: Any, text: str) -> list[int]:
+    """The token-level actions of a whole answer: its tokens, cut to ``max_new_tokens``, then EOS if room."""
+    tokens = setup.tokenizer(text, add_special_tokens=False)["input_ids"][: setup.max_new_tokens]
+    if len(tokens) < setup.max_new_tokens:
+        tokens.append(setup.eos_id)
+    return tokens
+
+
 class SequenceLevel(gym.Wrapper):
     """One step per episode: the action is the complete answer text.
 
@@ -38,12 +46,8 @@ class SequenceLevel(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         if not isinstance(action, str):
             raise InvalidAction(f"SequenceLevel actions are response strings, got {type(action).__name__} {action!r}")
-        setup = self._setup
-        tokens = setup.tokenizer(action, add_special_tokens=False)["input_ids"][: setup.max_new_tokens]
-        if len(tokens) < setup.max_new_tokens:
-            tokens.append(setup.eos_id)
         total = 0.0
-        for token in tokens:
+        for token in response_tokens(self._setup, action):
             obs, reward, terminated, truncated, info = self.env.step(np.int64(token))
             total += float(reward)
             if terminated or truncated:

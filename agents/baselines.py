@@ -1,0 +1,173 @@
+"""Baseline agents for benchmarks: random tokens, a zero-shot LM, a saved PPO policy, any text function.
+
+Every agent has two interfaces:
+
+* ``predict(obs, state=None, episode_start=None, deterministic=False)`` --
+  Stable-Baselines3's per-step interface (one action per env slot), as TextPPO;
+* ``respond(obs, infos, setup)`` -- the whole answer of every slot at once, shape
+  ``(num_envs, <= max_new_tokens)``; :func:`textgym.rollout.play_episodes`
+  feeds it to the env token by token, so the rewards are exactly the
+  token-level env's.  Benchmarks use this fast path (one batched
+  ``generate`` with KV cache instead of one forward per token).
+
+Example:
+    >>> import gymnasium as gym, textgym
+    >>> from agents.baselines import RandomAgent
+    >>> from textgym.rollout import play_episodes
+    >>> envs = gym.make_vec("textgym/Copy-v0", num_envs=2, model="tiny-random")
+    >>> len(play_episodes(envs, RandomAgent(seed=0).respond, seed=0))
+    2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgym.errors import ConfigError
+from textgym.rollout import lm_responder
+
+
+def _allowed(setup: Any) -> np.ndarray:
+    return np.flatnonzero(np.ones(setup.vocab_size, bool) if setup.action_mask is None else setup.action_mask)
+
+
+class RandomAgent:
+    """Uniform over the allowed tokens (the env's action mask; EOS included).
+
+    ``env`` is needed only for :meth:`predict` (it supplies the action mask).
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, env: Any = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.env = env
+
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
+        n = obs["input_ids"].shape[0]
+        return self.rng.choice(_allowed(setup), size=(n, setup.max_new_tokens))
+
+    def predict(
+        self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        _check_batched(obs)
+        if self.env is None:
+            raise ConfigError("RandomAgent.predict needs the env: RandomAgent(seed, env=envs)")
+        masks = np.asarray(self.env.unwrapped.action_masks())
+        return np.array([self.rng.choice(np.flatnonzero(m)) for m in masks]), state
+
+
+def _check_batched(obs: dict[str, np.ndarray]) -> None:
+    if np.ndim(obs["input_ids"]) != 2:
+        raise ConfigError(f"predict expects batched observations (num_envs, length), got shape {np.shape(obs['input_ids'])}")
+
+
+class LMAgent:
+    """A causal LM answering zero-shot: greedy by default, or sampling with a temperature.
+
+    ``model`` is a model spec (alias, local path, hub id) or a loaded model.
+    """
+
+    def __init__(self, model: Any = None, *, name: str = "zero-shot", greedy: bool = True, temperature: float = 0.7, seed: int = 0) -> None:
+        from textgym.models import load_model
+
+        self.name = name
+        self.spec = model
+        self.model = load_model(model) if model is None or isinstance(model, (str, Path)) else model
+        self._respond = lm_responder(self.model, do_sample=not greedy, temperature=temperature, seed=seed)
+        self.greedy = greedy
+        self.temperature = temperature
+
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
+        return self._respond(obs, infos, setup)
+
+    def predict(
+        self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        """Next token of every slot from one forward over the observation (no cache: the slow path)."""
+        import torch
+
+        _check_batched(obs)
+        ids = torch.as_tensor(obs["input_ids"], dtype=torch.long)
+        mask = torch.as_tensor(obs["attention_mask"], dtype=torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # last real token per row
+        next_logits = logits[torch.arange(len(ids)), last].float()
+        if deterministic or self.greedy:
+            return next_logits.argmax(-1).numpy(), state
+        probs = torch.softmax(next_logits / max(self.temperature, 1e-6), -1)
+        return torch.multinomial(probs, 1).squeeze(-1).numpy(), state
+
+
+class ZeroShotAgent(LMAgent):
+    """The pretrained model as is (default: SmolLM2-135M-Instruct)."""
+
+
+class PPOCheckpointAgent(LMAgent):
+    """A TextPPO save directory (a Hugging Face checkpoint), evaluated greedily by default."""
+
+    def __init__(self, path: str | Path, **kwargs: Any) -> None:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} is not a TextPPO/Hugging Face checkpoint (no config.json)")
+        super().__init__(str(path), name=kwargs.pop("name", f"ppo:{path.name}"), **kwargs)
+        self.path = path
+
+    def training_curve(self) -> tuple[list[float], list[float], str] | None:
+        """(timesteps, mean reward, column) from the run's SB3 ``progress.csv``, if it logged one."""
+        import csv
+
+        for candidate in (self.path / "progress.csv", self.path.parent / "progress.csv"):
+            if candidate.is_file():
+                with open(candidate, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                if not rows:
+                    return None
+                columns = list(rows[0])
+                reward = next((c for c in columns if c.endswith("reward_mean") or c.endswith("ep_rew_mean")), None)
+                steps = next((c for c in columns if c.endswith("total_timesteps")), None)
+                if reward is None:
+                    return None
+                xs = [float(r[steps]) if steps and r.get(steps) else float(i) for i, r in enumerate(rows)]
+                ys = [float(r[reward]) if r.get(reward) not in (None, "") else float("nan") for r in rows]
+                return xs, ys, reward
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        meta = self.path / "textppo.json"
+        return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+class SequenceAgent:
+    """Benchmarks a function that answers prompts with whole strings (an API model, a rule system).
+
+    ``fn(prompts) -> responses`` gets each slot's ``info["prompt"]`` (the task
+    input; ``use_prompt_text=True`` gives the full formatted prompt instead)
+    and returns one string per prompt; each is played exactly as
+    :class:`textgym.wrappers.SequenceLevel` plays it.
+    """
+
+    def __init__(self, fn: Callable[[Sequence[str]], Sequence[str]], name: str = "sequence", use_prompt_text: bool = False) -> None:
+        self.fn = fn
+        self.name = name
+        self.key = "prompt_text" if use_prompt_text else "prompt"
+
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
+        from textgym.wrappers import response_tokens
+
+        prompts = [str(p) for p in infos[self.key]]
+        answers = list(self.fn(prompts))
+        if len(answers) != len(prompts) or not all(isinstance(a, str) for a in answers):
+            raise ConfigError(f"{self.name}: expected {len(prompts)} response strings, got {answers!r:.200}")
+        out = np.full((len(answers), setup.max_new_tokens), setup.eos_id, dtype=np.int64)
+        for i, answer in enumerate(answers):
+            row = response_tokens(setup, answer)
+            out[i, : len(row)] = row
+        return out

@@ -1,0 +1,265 @@
+"""Benchmark agents across tasks: a fixed protocol, results.json, results.md and plots.
+
+Protocol: for every (env, agent) pair, the same ``episodes`` samples of the
+``split`` (a seeded permutation of the split, identical for every agent) are
+played through ``gym.make_vec`` in batches; every metric of
+``info["metrics"]`` is averaged (mean, std, n).  A pair that raises is
+recorded with its error and the others go on.  Finished pairs are stored in
+``OUT/cells/`` as they complete, so re-running with the same ``--out``
+resumes where an interrupted run stopped.
+
+    textgym bench --envs all --agents random,zero-shot --episodes 4 --model tiny-random --out /tmp/b
+
+Example:
+    >>> from agents.benchmark import run_benchmark
+    >>> results = run_benchmark(["textgym/Copy-v0"], ["random"], episodes=2, model="tiny-random",
+    ...                         out="/tmp/textgym-bench-doctest", progress=False)
+    >>> results["cells"][0]["agent"]
+    'random'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgym.errors import ConfigError
+
+AgentSpec = str | Any
+MAX_BATCH = 8
+
+
+def builtin_env_ids() -> list[str]:
+    import textgym
+
+    return sorted(i for i, e in textgym.ENVS.items() if e.source == "textgym")
+
+
+def parse_envs(envs: str | Sequence[str]) -> list[str]:
+    import textgym
+
+    ids = builtin_env_ids() if envs == "all" else [e.strip() for e in (envs.split(",") if isinstance(envs, str) else envs) if e.strip()]
+    unknown = [i for i in ids if i not in textgym.ENVS]
+    if unknown:
+        raise ConfigError(f"unknown env id(s) {unknown}; registered: {sorted(textgym.ENVS)}")
+    return ids
+
+
+def make_agent(spec: AgentSpec, model: str | None, seed: int) -> Any:
+    """``random`` | ``zero-shot`` | ``ppo:DIR`` | an agent object with ``respond``."""
+    from agents.baselines import PPOCheckpointAgent, RandomAgent, ZeroShotAgent
+
+    if not isinstance(spec, str):
+        if not callable(getattr(spec, "respond", None)):
+            raise ConfigError(f"agent {spec!r} has no respond(obs, infos, setup) method")
+        return spec
+    if spec == "random":
+        return RandomAgent(seed=seed)
+    if spec == "zero-shot":
+        return ZeroShotAgent(model)
+    if spec.startswith("ppo:"):
+        return PPOCheckpointAgent(spec[4:])
+    raise ConfigError(f"unknown agent {spec!r}; use random, zero-shot, ppo:DIR or an agent object")
+
+
+def agent_name(spec: AgentSpec) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "name", type(spec).__name__)
+
+
+def _cell_path(out: Path, env_id: str, name: str) -> Path:
+    safe = f"{env_id}__{name}".replace("/", "_").replace(":", "_")
+    return out / "cells" / f"{safe}.json"
+
+
+def run_cell(env_id: str, agent: Any, *, episodes: int, split: str, seed: int, model: str | None, on_episode: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Play ``episodes`` fixed samples of ``env_id`` with ``agent``; metrics with mean/std/n."""
+    import gymnasium as gym
+
+    from textgym.rollout import play_episodes
+
+    batch = min(MAX_BATCH, episodes)
+    envs = gym.make_vec(env_id, num_envs=batch, model=model, split=split)
+    n_samples = len(envs.unwrapped.setup.samples)
+    order = np.random.default_rng(seed).permutation(n_samples)
+    indices = [int(order[i % n_samples]) for i in range(episodes)]
+    values: dict[str, list[float]] = {}
+    for start in range(0, episodes, batch):
+        chunk = indices[start : start + batch]
+        chunk += chunk[-1:] * (batch - len(chunk))  # pad the last batch; extra results are dropped
+        infos = play_episodes(envs, agent.respond, seed=seed + start, options={"index": chunk})
+        for info in infos[: min(batch, episodes - start)]:
+            for name, value in info["metrics"].items():
+                values.setdefault(name, []).append(float(value))
+            if on_episode is not None:
+                on_episode(1)
+    metrics = {
+        name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for name, v in values.items()
+    }
+    return {"metrics": metrics, "main_metric": envs.unwrapped.task.main_metric, "samples": indices}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("textgym", "torch", "transformers", "gymnasium", "stable-baselines3", "sacrebleu", "rouge-score"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def run_benchmark(
+    envs: str | Sequence[str],
+    agents: Sequence[AgentSpec],
+    *,
+    episodes: int = 16,
+    split: str = "test",
+    seed: int = 0,
+    model: str | None = None,
+    out: str | Path = "bench_results",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every agent on every env and write results.json, results.md and PNGs into ``out``."""
+    from tqdm.auto import tqdm
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
+    env_ids = parse_envs(envs)
+    if not agents:
+        raise ConfigError("name at least one agent (random, zero-shot, ppo:DIR)")
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    loaded: dict[str, Any] = {}
+    cells = []
+    pairs = [(e, a) for a in agents for e in env_ids]
+    bar = tqdm(total=len(pairs), desc="bench (env x agent)", disable=not progress, position=0)
+    for env_id, spec in pairs:
+        name = agent_name(spec)
+        path = _cell_path(out, env_id, name)
+        settings = {"episodes": episodes, "split": split, "seed": seed, "model": model}
+        if path.is_file():
+            cell = json.loads(path.read_text())
+            if cell.get("settings") == settings and not cell.get("error"):
+                cells.append(cell)
+                bar.update(1)
+                continue
+        bar.set_postfix_str(f"{env_id} / {name}")
+        start = time.perf_counter()
+        cell: dict[str, Any] = {"env": env_id, "agent": name, "settings": settings}
+        try:
+            if name not in loaded:
+                loaded[name] = make_agent(spec, model, seed)
+            with tqdm(total=episodes, desc="episodes", leave=False, disable=not progress, position=1) as inner:
+                cell.update(run_cell(env_id, loaded[name], episodes=episodes, split=split, seed=seed, model=model, on_episode=inner.update))
+            cell["error"] = None
+        except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
+            cell["error"] = f"{type(err).__name__}: {err}"
+            cell["traceback"] = traceback.format_exc(limit=5)
+        cell["seconds"] = round(time.perf_counter() - start, 3)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell, indent=1))
+        tmp.replace(path)
+        cells.append(cell)
+        bar.update(1)
+    bar.close()
+    results = {
+        "protocol": "seeded permutation of the split, same samples for every agent; greedy LMs",
+        "settings": {"envs": env_ids, "agents": [agent_name(a) for a in agents], "episodes": episodes, "split": split, "seed": seed, "model": model},
+        "versions": _versions(),
+        "cells": cells,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown_tables(results))
+    plot_main_metric(results, out / "main_metric.png")
+    curves = {name: agent.training_curve() for name, agent in loaded.items() if hasattr(agent, "training_curve")}
+    if any(curves.values()):
+        plot_curves({k: v for k, v in curves.items() if v}, out / "training_curves.png")
+    return results
+
+
+def _fmt(metric: dict[str, float] | None) -> str:
+    if not metric:
+        return "—"
+    return f"{metric['mean']:.3f} ± {metric['std']:.3f}"
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """Table 1: env × agent main metric (mean ± std); table 2: every metric."""
+    envs = results["settings"]["envs"]
+    agents = results["settings"]["agents"]
+    by = {(c["env"], c["agent"]): c for c in results["cells"]}
+    s = results["settings"]
+    lines = [
+        f"Split `{s['split']}`, {s['episodes']} episodes per cell, seed {s['seed']}, model `{s['model']}`.",
+        "",
+        "| env | main metric | " + " | ".join(agents) + " |",
+        "|---|---|" + "---|" * len(agents),
+    ]
+    for env_id in envs:
+        main = next((by[(env_id, a)].get("main_metric") for a in agents if (env_id, a) in by and by[(env_id, a)].get("main_metric")), "reward")
+        row = []
+        for a in agents:
+            cell = by.get((env_id, a), {})
+            row.append("error" if cell.get("error") else _fmt(cell.get("metrics", {}).get(main)))
+        lines.append(f"| {env_id} | {main} | " + " | ".join(row) + " |")
+    lines += ["", "| env | agent | metric | mean | std | n |", "|---|---|---|---|---|---|"]
+    for c in results["cells"]:
+        if c.get("error"):
+            lines.append(f"| {c['env']} | {c['agent']} | error | {c['error'][:120]} | | |")
+            continue
+        for name, m in c["metrics"].items():
+            lines.append(f"| {c['env']} | {c['agent']} | {name} | {m['mean']:.4f} | {m['std']:.4f} | {m['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_main_metric(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs, agents = results["settings"]["envs"], results["settings"]["agents"]
+    by = {(c["env"], c["agent"]): c for c in results["cells"]}
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(envs)), 4))
+    width = 0.8 / max(1, len(agents))
+    for k, agent in enumerate(agents):
+        means, stds = [], []
+        for env_id in envs:
+            cell = by.get((env_id, agent), {})
+            m = cell.get("metrics", {}).get(cell.get("main_metric", "reward")) if not cell.get("error") else None
+            means.append(m["mean"] if m else math.nan)
+            stds.append(m["std"] if m else 0.0)
+        ax.bar(np.arange(len(envs)) + k * width, means, width, yerr=stds, label=agent, capsize=2)
+    ax.set_xticks(np.arange(len(envs)) + width * (len(agents) - 1) / 2)
+    ax.set_xticklabels([e.split("/")[-1] for e in envs], rotation=30, ha="right")
+    ax.set_ylabel("main metric (mean ± std)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys, column) in curves.items():
+        ax.plot(xs, ys, label=f"{name} ({column})")
+    ax.set_xlabel("timesteps (generated tokens)")
+    ax.set_ylabel("training reward")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
