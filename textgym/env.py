@@ -49,6 +49,15 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     episode sum to its sparse reward.  ``info["metrics"]`` holds every metric
     of the finished text.
 
+    ## Multi-turn tasks
+    A task with ``multi_turn = True`` may continue an episode after a turn
+    (:meth:`~textgym.tasks.base.Task.followup`): the turn is scored (reward
+    at its last token), then the prompt part of the observation is replaced
+    by the next turn's prompt and the answer part starts empty; ``info`` of
+    that step has ``turn``, ``turn_text``, ``turn_metrics`` and the new
+    prompt.  The episode's rewards sum to the sum of its turn scores; the
+    final ``info["metrics"]`` are the means over turns.
+
     ## Episode End
     ``terminated``: the agent emitted EOS.  ``truncated``: ``max_new_tokens``
     tokens were written.  In both cases the text has been scored and the
@@ -60,8 +69,9 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     model alias, path or hub id whose tokenizer the env uses (default
     ``smollm2-135m-instruct``); ``split``; ``max_new_tokens``;
     ``max_prompt_tokens``; ``reward`` (metric name, ``{name: weight}`` or a
-    callable); ``reward_mode``; ``render_mode`` (``"ansi"``); and the task's
-    own keyword arguments.
+    callable); ``reward_mode``; ``render_mode`` (``"ansi"``);
+    ``scoring_workers`` (score text metrics of finished episodes in that many
+    worker processes; 0 = in-process); and the task's own keyword arguments.
 
     ## Version History
     * v0: initial version.
@@ -87,6 +97,7 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         reward: RewardSpec | None = None,
         reward_mode: RewardMode = "sparse",
         render_mode: str | None = None,
+        scoring_workers: int = 0,
         **task_kwargs: Any,
     ) -> None:
         self.render_mode = check_render_mode(render_mode)
@@ -98,6 +109,7 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             max_prompt_tokens=max_prompt_tokens,
             reward=reward,
             reward_mode=reward_mode,
+            scoring_workers=scoring_workers,
             owner=type(self).__name__,
             **task_kwargs,
         )

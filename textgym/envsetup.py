@@ -31,6 +31,7 @@ ENV_KWARGS = (
     "reward",
     "reward_mode",
     "render_mode",
+    "scoring_workers",
 )
 
 
@@ -83,6 +84,7 @@ class EnvSetup:
         max_prompt_tokens: int = 256,
         reward: RewardSpec | None = None,
         reward_mode: RewardMode = "sparse",
+        scoring_workers: int = 0,
         owner: str = "TextEnv",
         **task_kwargs: Any,
     ) -> None:
@@ -100,6 +102,7 @@ class EnvSetup:
             self.task.default_reward if reward is None else reward,
             extra_metrics=self.task.info_metrics,
             owner=f"task {getattr(self.task, 'name', type(self.task).__name__)!r}",
+            workers=0 if scoring_workers == 0 else _positive_int("scoring_workers", scoring_workers),
         )
         self.samples: list[Sample] = self.task.samples(self.split)
         self.eos_id = int(self.tokenizer.eos_token_id)
@@ -138,15 +141,18 @@ class EnvSetup:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
 
     def encoded_prompt(self, index: int) -> tuple[np.ndarray, str]:
-        """Token ids and text of sample ``index``'s prompt, shortened to the budget.
+        """Token ids and text of sample ``index``'s prompt (cached), see :meth:`encode_sample`."""
+        cached = self._prompts.get(index)
+        if cached is None:
+            cached = self._prompts[index] = self.encode_sample(self.samples[index])
+        return cached
+
+    def encode_sample(self, sample: Sample) -> tuple[np.ndarray, str]:
+        """Token ids and text of a sample's prompt, shortened to ``max_prompt_tokens``.
 
         Only the sample's data (``Sample.prompt``) is cut, on the task's
         ``truncation_side``; the instruction and chat template stay whole.
         """
-        cached = self._prompts.get(index)
-        if cached is not None:
-            return cached
-        sample = self.samples[index]
         ids, text = self._encode(sample)
         budget = self.max_prompt_tokens
         if len(ids) > budget:
@@ -161,9 +167,7 @@ class EnvSetup:
                 data = data[:keep] if self.task.truncation_side == "right" else data[-keep:]
                 shorter = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
                 ids, text = self._encode(shorter)
-        result = (np.asarray(ids, dtype=np.int64), text)
-        self._prompts[index] = result
-        return result
+        return np.asarray(ids, dtype=np.int64), text
 
     def draw(self, rng: np.random.Generator, options: dict[str, Any] | None) -> int:
         """Index of the next sample: random from ``rng``, or chosen by ``options``.

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from textgym.data.base import Sample
 from textgym.envsetup import EnvSetup
 from textgym.errors import InvalidAction, ResetNeeded
 
@@ -57,21 +58,31 @@ class Episodes:
         self.index = np.zeros(n, dtype=np.int64)  # sample index per slot
         self.score = np.zeros(n, dtype=np.float64)  # running score (dense mode)
         self.final_text: list[str | None] = [None] * n
+        # multi-turn: the current turn's sample, and the finished turns' texts and metrics
+        self.turn_sample: list[Sample | None] = [None] * n
+        self.responses: list[list[str]] = [[] for _ in range(n)]
+        self.turn_metrics: list[list[dict[str, float]]] = [[] for _ in range(n)]
 
     # -- reset ----------------------------------------------------------------
-    def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
-        prompt, text = self.setup.encoded_prompt(index)
+    def _write_prompt(self, slot: int, prompt: np.ndarray) -> None:
         self.ids[slot] = self.setup.pad_id
         self.mask[slot] = 0
         self.ids[slot, self.P - len(prompt) : self.P] = prompt
         self.mask[slot, self.P - len(prompt) : self.P] = 1
         self.gen_len[slot] = 0
+        self.score[slot] = 0.0
+
+    def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
+        prompt, text = self.setup.encoded_prompt(index)
+        self._write_prompt(slot, prompt)
         self.running[slot] = True
         self.started[slot] = True
         self.index[slot] = index
-        self.score[slot] = 0.0
         self.final_text[slot] = None
         sample = self.setup.samples[index]
+        self.turn_sample[slot] = sample
+        self.responses[slot] = []
+        self.turn_metrics[slot] = []
         info: dict[str, Any] = {
             "sample_id": sample.id,
             "prompt": sample.prompt,
@@ -81,6 +92,25 @@ class Episodes:
         if with_mask and self.setup.action_mask is not None:
             info["action_mask"] = self.setup.action_mask.copy()
         return info
+
+    def _next_turn(self, slot: int, text: str, metrics: dict[str, float]) -> dict[str, Any] | None:
+        """Start the next turn of a multi-turn episode; None when the episode is over."""
+        self.responses[slot].append(text)
+        self.turn_metrics[slot].append(metrics)
+        following = self.setup.task.followup(self.turn_sample[slot], list(self.responses[slot]))
+        if following is None:
+            return None
+        prompt, prompt_text = self.setup.encode_sample(following)
+        self._write_prompt(slot, prompt)
+        self.turn_sample[slot] = following
+        return {
+            "turn": len(self.responses[slot]),
+            "turn_text": text,
+            "turn_metrics": metrics,
+            "prompt": following.prompt,
+            "prompt_text": prompt_text,
+            "references": list(following.references),
+        }
 
     # -- observations -----------------------------------------------------------
     def obs(self, rows: Any = slice(None)) -> dict[str, np.ndarray]:
@@ -128,31 +158,44 @@ class Episodes:
         if scored.size:
             slots = rows[scored]
             texts = self.texts(slots)
-            samples = [self.setup.samples[i] for i in self.index[slots]]
+            samples = [self.turn_sample[slot] for slot in slots]
             out = self.setup.reward(texts, samples)
             if dense:
                 rewards[scored] = out.scores - self.score[slots]
                 self.score[slots] = out.scores
             else:
                 rewards[scored] = out.scores
+            multi_turn = self.setup.task.multi_turn
             for k, (j, slot) in enumerate(zip(scored, slots)):
                 if not done[j]:
                     continue
+                metrics = {name: float(v[k]) for name, v in out.metrics.items()}
+                details = out.details[k] if out.details is not None else {}
+                if multi_turn:
+                    turn_info = self._next_turn(int(slot), texts[k], metrics)
+                    if turn_info is not None:  # the episode goes on with the next turn
+                        terminated[j] = truncated[j] = False
+                        finals[int(slot)] = {**turn_info, **details}
+                        continue
+                    turns = self.turn_metrics[slot]
+                    metrics = {name: float(np.mean([m[name] for m in turns])) for name in metrics}
                 self.running[slot] = False
                 self.final_text[slot] = texts[k]
+                first = self.setup.samples[self.index[slot]]
                 finals[int(slot)] = {
-                    "sample_id": samples[k].id,
+                    "sample_id": first.id,
                     "prompt": samples[k].prompt,
                     "references": list(samples[k].references),
                     "generated_text": texts[k],
                     "generated_tokens": int(self.gen_len[slot]),
-                    "metrics": {name: float(v[k]) for name, v in out.metrics.items()},
-                    **(out.details[k] if out.details is not None else {}),
+                    "metrics": metrics,
+                    **({"turns": len(self.turn_metrics[slot]), "turn_texts": list(self.responses[slot])} if multi_turn else {}),
+                    **details,
                 }
         return rewards, terminated, truncated, finals
 
     def render(self, slot: int) -> str:
-        sample = self.setup.samples[self.index[slot]]
+        sample = self.turn_sample[slot]
         text = self.final_text[slot]
         if text is None:
             text = self.texts(np.array([slot]))[0]

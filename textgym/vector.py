@@ -60,6 +60,7 @@ class TextVectorEnv(VectorEnv):
         reward: RewardSpec | None = None,
         reward_mode: RewardMode = "sparse",
         render_mode: str | None = None,
+        scoring_workers: int = 0,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         **task_kwargs: Any,
     ) -> None:
@@ -77,6 +78,7 @@ class TextVectorEnv(VectorEnv):
             max_prompt_tokens=max_prompt_tokens,
             reward=reward,
             reward_mode=reward_mode,
+            scoring_workers=scoring_workers,
             owner=type(self).__name__,
             **task_kwargs,
         )
@@ -180,6 +182,9 @@ class TextVectorEnv(VectorEnv):
             r, te, tr, finals = self._episodes.step(actions[rows], rows)
             rewards[rows], terminated[rows], truncated[rows] = r, te, tr
             done = np.flatnonzero(terminated | truncated)
+            # `finals` holds the info of every ended episode and of every
+            # multi-turn episode that moved on to its next turn.
+            ongoing = [slot for slot in finals if slot not in set(done.tolist())]
             if self.autoreset_mode == AutoresetMode.SAME_STEP and done.size:
                 final_obs = self._episodes.obs(done)
                 infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
@@ -188,6 +193,8 @@ class TextVectorEnv(VectorEnv):
                 infos["_final_obs"] = np.isin(self._all, done)
                 infos = self._merge_infos(infos, done, [{"final_info": finals[int(s)]} for s in done])
                 infos = self._reset_slots(done, None, infos)
+                if ongoing:
+                    infos = self._merge_infos(infos, ongoing, [finals[s] for s in ongoing])
             elif finals:
                 infos = self._merge_infos(infos, list(finals), list(finals.values()))
             self._autoreset = terminated | truncated

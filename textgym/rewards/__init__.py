@@ -37,7 +37,7 @@ register_metric("rouge2", _ROUGE, 0.0, 1.0, "rouge-score ROUGE-2 F1 (stemmed), b
 register_metric("rougeL", _ROUGE, 0.0, 1.0, "rouge-score ROUGE-L F1 (stemmed), best over references")
 register_metric(
     "semantic_similarity", "textgym.rewards.semantic:semantic_scores", -1.0, 1.0,
-    "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (output vs best reference)",
+    "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (output vs best reference)", parallel=False,
 )
 _DIVERSITY = "textgym.rewards.diversity:diversity_scores"
 register_metric("distinct_2", _DIVERSITY, 0.0, 1.0, "distinct bigrams / bigrams of the output")
@@ -45,8 +45,8 @@ register_metric("repetition", _DIVERSITY, -1.0, 0.0, "minus the fraction of repe
 
 # Code metrics (textgym/rewards/execution.py, through textgym/sandbox.py)
 _EXEC = "textgym.rewards.execution:execution_scores"
-register_metric("pass_rate", _EXEC, 0.0, 1.0, "fraction of the problem's asserts that pass in the sandbox")
-register_metric("all_pass", _EXEC, 0.0, 1.0, "1 if every assert passes, else 0")
+register_metric("pass_rate", _EXEC, 0.0, 1.0, "fraction of the problem's asserts that pass in the sandbox", parallel=False)
+register_metric("all_pass", _EXEC, 0.0, 1.0, "1 if every assert passes, else 0", parallel=False)
 
 __all__ = [
     "METRICS",

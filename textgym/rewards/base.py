@@ -60,16 +60,23 @@ class MetricInfo:
     low: float
     high: float
     description: str
+    parallel: bool = True  # may run in scoring worker processes
 
 
 METRICS: dict[str, MetricInfo] = {}
 
 
-def register_metric(name: str, function: str, low: float, high: float, description: str) -> None:
-    """Add a built-in metric (``function`` is imported on first use)."""
+def register_metric(
+    name: str, function: str, low: float, high: float, description: str, parallel: bool = True
+) -> None:
+    """Add a built-in metric (``function`` is imported on first use).
+
+    ``parallel=False`` keeps it out of scoring worker processes (it holds a
+    model or runs its own pool).
+    """
     if name in METRICS and METRICS[name].function != function:
         raise ConfigError(f"metric {name!r} is already registered by {METRICS[name].function}")
-    METRICS[name] = MetricInfo(function, float(low), float(high), description)
+    METRICS[name] = MetricInfo(function, float(low), float(high), description, parallel)
 
 
 def metric_info(name: str) -> MetricInfo:
@@ -78,19 +85,24 @@ def metric_info(name: str) -> MetricInfo:
     return METRICS[name]
 
 
-def _load(function: str) -> Callable[..., dict[str, np.ndarray]]:
+def load_function(function: str) -> Callable[..., dict[str, np.ndarray]]:
     module, _, attr = function.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def compute_metrics(names: Sequence[str], texts: Sequence[str], samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-    """Compute built-in metrics, one call per metric group."""
+def compute_metrics(
+    names: Sequence[str], texts: Sequence[str], samples: Sequence[Sample], workers: int = 0
+) -> dict[str, np.ndarray]:
+    """Compute built-in metrics, one call per metric group (in ``workers`` processes if > 1)."""
+    from textgym.rewards.pool import compute_group
+
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(metric_info(name).function, []).append(name)
     out: dict[str, np.ndarray] = {}
     for function, wanted in groups.items():
-        values = _load(function)(texts, samples, frozenset(wanted))
+        parallel = workers if all(metric_info(n).parallel for n in wanted) else 0
+        values = compute_group(function, frozenset(wanted), texts, samples, parallel)
         for name in wanted:
             out[name] = np.asarray(values[name], dtype=np.float64)
     return out
@@ -124,8 +136,10 @@ class Reward:
         spec: RewardSpec,
         extra_metrics: Sequence[str] = (),
         owner: str = "task",
+        workers: int = 0,
     ) -> None:
         self.owner = owner
+        self.workers = workers
         self.function: RewardCallable | None = None
         self.weights: dict[str, float] = {}
         if callable(spec):
@@ -166,7 +180,7 @@ class Reward:
         n = len(texts)
         if n != len(samples):
             raise RewardError(f"reward of {self.owner}: {n} texts but {len(samples)} samples")
-        metrics = compute_metrics(self.metric_names, texts, samples) if n else {
+        metrics = compute_metrics(self.metric_names, texts, samples, self.workers) if n else {
             name: np.zeros(0) for name in self.metric_names
         }
         details = None

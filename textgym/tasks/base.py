@@ -69,6 +69,22 @@ class Task:
             return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n\n".join(m["content"] for m in messages) + "\n"
 
+    # -- multi-turn -------------------------------------------------------------
+    #: True when :meth:`followup` can continue an episode after a turn.
+    multi_turn: bool = False
+
+    def followup(self, sample: Sample, responses: Sequence[str]) -> Sample | None:
+        """The next turn of a multi-turn episode, or None when the episode is over.
+
+        ``sample`` is the turn that just ended, ``responses`` the agent's
+        answers so far (one per turn).  The returned Sample is a turn like any
+        other: its prompt is re-encoded (the observation's prompt part is
+        replaced, the generated part starts empty) and the agent's next
+        answer is scored against its references.  Set ``multi_turn = True``
+        when overriding.
+        """
+        return None
+
     # -- constraints ----------------------------------------------------------
     def action_mask(self, tokenizer: Any) -> np.ndarray | None:
         """A boolean mask over the vocabulary of allowed actions, or None (all allowed)."""
