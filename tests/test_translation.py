@@ -164,3 +164,15 @@ def test_weighted_reward_with_placeholder_bonus() -> None:
     assert kept.metrics["placeholders"][0] == 1.0 and dropped.metrics["placeholders"][0] == 0.0
     assert kept.scores[0] == pytest.approx(0.8 * kept.metrics["chrf"][0] + 0.2)
     assert placeholder_scores(["x"], [Sample(id="b", prompt="no placeholders")], frozenset())["placeholders"][0] == 1.0
+
+
+def test_scoring_workers_give_the_same_metrics_as_in_process() -> None:
+    from textgym.rewards.base import compute_metrics
+
+    texts = [f"{h} {i}" for i, h in enumerate(HYPS * 8)]
+    samples = [Sample(id=str(i), prompt="x", references=(REFS[i % len(REFS)],)) for i in range(len(texts))]
+    names = ("chrf", "bleu", "ter", "placeholders")
+    local = compute_metrics(names, texts, samples)
+    pooled = compute_metrics(names, texts, samples, workers=2)
+    for name in names:
+        np.testing.assert_array_equal(local[name], pooled[name])
