@@ -84,3 +84,24 @@ def test_vector_env_runs_multi_turn_episodes(mode: str) -> None:
         assert list(final["turns"]) == [2, 2]
     finally:
         del gym.registry["test/TwoTurnCopy-v0"]
+
+
+def test_dialogue_multi_turn_appends_the_real_reply_and_asks_again() -> None:
+    env = gym.make("textgym/Dialogue-v0", model=TINY, split="test", turns=2, max_new_tokens=3)
+    task = env.unwrapped.task
+    _, info = env.reset(seed=0)
+    sample = env.unwrapped.setup.samples[env.unwrapped._episodes.index[0]]
+    conversation = task._by_id[sample.meta["conversation"]]
+    i = sample.meta["turn"]
+    hello = env.unwrapped.tokenizer.encode(" hello", add_special_tokens=False)[0]
+    for _ in range(3):
+        _, reward, terminated, truncated, turn = env.step(hello)
+    assert not (terminated or truncated) and turn["turn"] == 1
+    assert turn["references"] == [conversation[i + 2]]
+    assert turn["prompt"].split("\n")[-2:] == ["hello hello hello", conversation[i + 1]]
+    assert reward == pytest.approx(turn["turn_metrics"]["reward"])
+    for _ in range(3):
+        _, reward, terminated, truncated, final = env.step(hello)
+    assert truncated and final["turns"] == 2
+    with pytest.raises(ValueError, match=r"turns must be an integer >= 1 \(agent turns per episode\), got 0"):
+        gym.make("textgym/Dialogue-v0", model=TINY, turns=0)

@@ -21,9 +21,13 @@ or give ``{"train": path, "test": path}``.
 
 Long contexts are cut on the left: the latest turns are kept.
 
-Not yet here: a multi-turn mode (``turns=k``: the env appends the corpus's
-next real turn after each agent turn) needs the episode engine to continue an
-episode past EOS.
+Multi-turn mode (``turns=k``): one episode is k agent turns.  After each
+agent turn, its answer and the corpus's real next turn of the other person
+are appended to the context (the last ``context_turns`` turns are shown) and
+the agent answers again; each answer is scored against the real turn at its
+position, with the reward at the answer's last token (the episode's return
+is the sum over its turns; the final ``info["metrics"]`` are the means).
+Only turns with k agent turns left in their conversation start an episode.
 """
 
 from __future__ import annotations
@@ -175,16 +179,22 @@ class DialogueTask(Task):
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         data_files: DataFiles | None = None,
         fields: Mapping[str, str] | None = None,
+        turns: int = 1,
     ) -> None:
         super().__init__()
         if isinstance(context_turns, bool) or not isinstance(context_turns, int) or context_turns < 1:
             raise ConfigError(f"context_turns must be an integer >= 1 (turns shown before the reply), got {context_turns!r}")
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 1:
+            raise ConfigError(f"turns must be an integer >= 1 (agent turns per episode), got {turns!r}")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
         unknown = set(fields or {}) - set(DIALOGUE_FIELDS)
         if unknown:
             raise ConfigError(f"fields has unknown keys {sorted(unknown)}; allowed: {sorted(DIALOGUE_FIELDS)}")
         self.context_turns = context_turns
+        self.n_turns = turns
+        self.multi_turn = turns > 1
+        self._by_id: dict[str, tuple[str, ...]] = {}
         self.system_prompt = system_prompt
         self.data_files = data_files
         self.fields = {**DIALOGUE_FIELDS, **(fields or {})}
@@ -229,4 +239,27 @@ class DialogueTask(Task):
 
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
-        return conversation_samples(self._conversations(split), self.context_turns)
+        conversations = self._conversations(split)
+        samples = conversation_samples(conversations, self.context_turns)
+        if not self.multi_turn:
+            return samples
+        self._by_id.update(conversations)
+        need = 2 * (self.n_turns - 1)  # the real turns of both people until the last agent turn
+        return [s for s in samples if s.meta["turn"] + need < len(self._by_id[s.meta["conversation"]])]
+
+    def followup(self, sample: Sample, responses: Sequence[str]) -> Sample | None:
+        """Next agent turn: the context plus the agent's answer and the other person's real reply."""
+        if len(responses) >= self.n_turns:
+            return None
+        cid, i = sample.meta["conversation"], sample.meta["turn"]
+        turns = self._by_id[cid]
+        if i + 2 >= len(turns):
+            return None
+        answer = " ".join(responses[-1].split()) or "..."  # one line, never empty: lines are the turns
+        lines = [line for line in sample.prompt.split("\n") if line.strip()] + [answer, turns[i + 1]]
+        return Sample(
+            id=f"{cid}:{i + 2}",
+            prompt="\n".join(lines[-self.context_turns :]),
+            references=(turns[i + 2],),
+            meta={"conversation": cid, "turn": i + 2},
+        )
