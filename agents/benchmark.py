@@ -1,7 +1,8 @@
 """Benchmark agents across tasks: a fixed protocol, results.json, results.md and plots.
 
 Protocol: for every (env, agent) pair, the same ``episodes`` samples of the
-``split`` (a seeded permutation of the split, identical for every agent) are
+``split`` (the first ones of a seeded permutation of the split, identical for
+every agent; each sample at most once, so a small split gives fewer) are
 played through ``gym.make_vec`` in batches; every metric of
 ``info["metrics"]`` is averaged (mean, std, n).  A pair that raises is
 recorded with its error and the others go on.  Finished pairs are stored in
@@ -89,8 +90,8 @@ def run_cell(env_id: str, agent: Any, *, episodes: int, split: str, seed: int, m
     batch = min(MAX_BATCH, episodes)
     envs = gym.make_vec(env_id, num_envs=batch, model=model, split=split)
     n_samples = len(envs.unwrapped.setup.samples)
-    order = np.random.default_rng(seed).permutation(n_samples)
-    indices = [int(order[i % n_samples]) for i in range(episodes)]
+    episodes = min(episodes, n_samples)  # every sample at most once
+    indices = [int(i) for i in np.random.default_rng(seed).permutation(n_samples)[:episodes]]
     values: dict[str, list[float]] = {}
     for start in range(0, episodes, batch):
         chunk = indices[start : start + batch]
