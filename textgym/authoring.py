@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from textgym.data.base import Sample, as_samples, check_split, split_samples
-from textgym.data.files import check_bad_row_policy, load_data_files
-from textgym.data.hf import load_hf_dataset
+from textgym.data.source import UserData
 from textgym.errors import ConfigError
 from textgym.registry import EnvEntry, register_env
 from textgym.rewards.base import RewardSpec
@@ -73,14 +72,13 @@ class SimpleTask(Task):
         name: str = "SimpleTask",
     ) -> None:
         super().__init__()
-        self.on_bad_row = check_bad_row_policy(on_bad_row)
-        if sum(x is not None for x in (samples, data_files, dataset)) != 1:
+        self.user_data = UserData(data_files, dataset, dataset_config, fields or {}, on_bad_row)
+        if (samples is not None) + self.user_data.given != 1:
             raise ConfigError(f"task {name!r}: give exactly one of samples=, data_files= and dataset=")
         if not (isinstance(prompt, str) or callable(prompt)):
             raise ConfigError(f"task {name!r}: prompt must be a format string or a function, got {prompt!r}")
         self.name = name
         self.source = samples
-        self.data_files, self.fields, self.dataset, self.dataset_config = data_files, fields, dataset, dataset_config
         self.prompt = prompt
         self.chat = chat
         self.allowed_tokens = None if allowed_tokens is None else tuple(allowed_tokens)
@@ -88,12 +86,8 @@ class SimpleTask(Task):
 
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
-        if self.data_files is not None:
-            return load_data_files(self.data_files, split, self.fields, on_bad_row=self.on_bad_row)
-        if self.dataset is not None:
-            return load_hf_dataset(
-                self.dataset, split, dataset_config=self.dataset_config, fields=self.fields, on_bad_row=self.on_bad_row
-            )
+        if self.user_data.given:
+            return self.user_data.load(split)
         source = self.source
         if callable(source):
             return as_samples(source(split), f"{self.name} samples({split!r})")

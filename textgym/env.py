@@ -7,10 +7,9 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from textgym.envsetup import EnvSetup, RewardMode
+from textgym.envsetup import EnvSetup
 from textgym.episodes import Episodes, check_actions
 from textgym.errors import ConfigError
-from textgym.rewards.base import RewardSpec
 
 RENDER_MODES = ["ansi"]
 
@@ -86,33 +85,10 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     metadata: dict[str, Any] = {"render_modes": RENDER_MODES, "render_fps": 1}
 
-    def __init__(
-        self,
-        task: Any,
-        *,
-        model: str | None = None,
-        split: str = "train",
-        max_new_tokens: int = 64,
-        max_prompt_tokens: int = 256,
-        reward: RewardSpec | None = None,
-        reward_mode: RewardMode = "sparse",
-        render_mode: str | None = None,
-        scoring_workers: int = 0,
-        **task_kwargs: Any,
-    ) -> None:
+    def __init__(self, task: Any, *, render_mode: str | None = None, **kwargs: Any) -> None:
+        """``kwargs``: the env settings of :class:`~textgym.envsetup.EnvSetup` and the task's own."""
         self.render_mode = check_render_mode(render_mode)
-        self.setup = EnvSetup(
-            task,
-            model=model,
-            split=split,
-            max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
-            reward=reward,
-            reward_mode=reward_mode,
-            scoring_workers=scoring_workers,
-            owner=type(self).__name__,
-            **task_kwargs,
-        )
+        self.setup = EnvSetup(task, owner=type(self).__name__, **kwargs)
         self.observation_space = self.setup.observation_space
         self.action_space = self.setup.action_space
         self.reward_range = self.setup.reward.range

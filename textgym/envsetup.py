@@ -47,6 +47,19 @@ def _resolve_task_class(task: Any) -> type[Task]:
     return task
 
 
+def task_parameters(cls: type[Task]) -> list[str]:
+    """Keyword arguments a task class accepts, following ``**kwargs`` up to its parents."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is Task or klass is object or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(set(names))
+
+
 def make_task(task: Any, task_kwargs: dict[str, Any], owner: str) -> Task:
     """Instantiate a task; an unknown keyword lists every keyword the env accepts."""
     if isinstance(task, Task):
@@ -54,11 +67,9 @@ def make_task(task: Any, task_kwargs: dict[str, Any], owner: str) -> Task:
             raise ConfigError(f"{owner}: got a ready Task instance and task kwargs {sorted(task_kwargs)}")
         return task
     cls = _resolve_task_class(task)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    allowed = sorted(n for n in params if n != "self" and params[n].kind is not inspect.Parameter.VAR_KEYWORD)
+    allowed = task_parameters(cls)
     unknown = sorted(set(task_kwargs) - set(allowed))
-    if unknown and not accepts_any:
+    if unknown:
         raise ConfigError(
             f"{owner}: unknown keyword argument(s) {unknown}; allowed: {sorted([*ENV_KWARGS, *allowed])}"
         )
@@ -72,7 +83,13 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 class EnvSetup:
-    """Task, tokenizer, samples, reward and spaces of one env configuration."""
+    """Task, tokenizer, samples, reward and spaces of one env configuration.
+
+    Its keyword arguments are the env settings every TextEnv/TextVectorEnv
+    takes: ``model`` (alias, path or hub id of the tokenizer's model),
+    ``split``, ``max_new_tokens``, ``max_prompt_tokens``, ``reward``,
+    ``reward_mode``, ``scoring_workers``; the rest go to the task.
+    """
 
     def __init__(
         self,

@@ -23,10 +23,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textgym.env import RENDER_MODES, check_render_mode
-from textgym.envsetup import EnvSetup, RewardMode
+from textgym.envsetup import EnvSetup
 from textgym.episodes import Episodes, check_actions
 from textgym.errors import ConfigError, ResetNeeded
-from textgym.rewards.base import RewardSpec
 
 
 def _autoreset_mode(value: Any) -> AutoresetMode:
@@ -53,35 +52,18 @@ class TextVectorEnv(VectorEnv):
         task: Any,
         num_envs: int = 1,
         *,
-        model: str | None = None,
-        split: str = "train",
-        max_new_tokens: int = 64,
-        max_prompt_tokens: int = 256,
-        reward: RewardSpec | None = None,
-        reward_mode: RewardMode = "sparse",
         render_mode: str | None = None,
-        scoring_workers: int = 0,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-        **task_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
+        """``kwargs``: the env settings of :class:`~textgym.envsetup.EnvSetup` and the task's own."""
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
         self.num_envs = int(num_envs)
         self.render_mode = check_render_mode(render_mode)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {"render_modes": RENDER_MODES, "autoreset_mode": self.autoreset_mode}
-        self.setup = EnvSetup(
-            task,
-            model=model,
-            split=split,
-            max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
-            reward=reward,
-            reward_mode=reward_mode,
-            scoring_workers=scoring_workers,
-            owner=type(self).__name__,
-            **task_kwargs,
-        )
+        self.setup = EnvSetup(task, owner=type(self).__name__, **kwargs)
         self.single_observation_space = self.setup.observation_space
         self.single_action_space = self.setup.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

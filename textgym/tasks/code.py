@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from textgym.data.base import Sample, check_split, split_samples
-from textgym.data.files import load_data_files
-from textgym.data.hf import load_hf_dataset
+from textgym.data.source import UserData
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled
 from textgym.rewards.execution import ExecutionReward
 from textgym.sandbox import Isolation, Program, Sandbox, SandboxLimits
@@ -265,12 +264,11 @@ class CodeTask(Task):
         workers: int | None = None,
         isolation: Isolation = "auto",
         strict: bool = False,
+        on_bad_row: str = "raise",
     ) -> None:
         super().__init__()
-        if data_files is not None and dataset is not None:
-            raise ConfigError("give at most one of data_files= and dataset=")
-        self.data_files, self.dataset, self.dataset_config = data_files, dataset, dataset_config
         self.fields = {"id": "task_id", "prompt": "prompt", **(fields or {})}
+        self.user_data = UserData(data_files, dataset, dataset_config, self.fields, on_bad_row)
         extra = sorted(set(self.fields) - {"id", "prompt", *CODE_FIELDS})
         if extra:
             raise ConfigError(f"fields has unknown keys {extra}; allowed: {['id', 'prompt', *CODE_FIELDS]}")
@@ -297,12 +295,9 @@ class CodeTask(Task):
         split = check_split(split)
         mapping = {"id": self.fields["id"], "prompt": self.fields["prompt"], "references": ""}
         keep = [self.fields.get(k, k) for k in CODE_FIELDS]
-        if self.data_files is not None:
-            rows = load_data_files(self.data_files, split, mapping, keep=keep)
-        elif self.dataset is not None:
-            rows = load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=mapping, keep=keep)
-        else:
+        if not self.user_data.given:
             return split_samples(load_humaneval(), split)
+        rows = self.user_data.load(split, keep=keep, fields=mapping)
         return [code_sample({"task_id": r.id, "prompt": r.prompt,
                              **{k: r.meta[self.fields.get(k, k)] for k in CODE_FIELDS}}, r.id) for r in rows]
 
@@ -346,24 +341,12 @@ class CodeCompletionTask(CodeTask):
     description = "Complete a partly written Python function (HumanEval + a prefix of the solution); reward = asserts passed"
     mode = "completion"
 
-    def __init__(
-        self,
-        prefix_fraction: float = 0.5,
-        data_files: Any = None,
-        dataset: str | None = None,
-        dataset_config: str | None = None,
-        fields: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-        memory_mb: int = 1024,
-        workers: int | None = None,
-        isolation: Isolation = "auto",
-        strict: bool = False,
-    ) -> None:
+    def __init__(self, prefix_fraction: float = 0.5, **kwargs: Any) -> None:
+        """``kwargs``: those of :class:`CodeTask` (data, sandbox limits, ``strict``)."""
         if isinstance(prefix_fraction, bool) or not isinstance(prefix_fraction, (int, float)) \
                 or not 0.0 <= prefix_fraction < 1.0:
             raise ConfigError(f"prefix_fraction must be a number in [0, 1), got {prefix_fraction!r}")
-        super().__init__(data_files=data_files, dataset=dataset, dataset_config=dataset_config, fields=fields,
-                         timeout=timeout, memory_mb=memory_mb, workers=workers, isolation=isolation, strict=strict)
+        super().__init__(**kwargs)
         self.prefix_fraction = float(prefix_fraction)
 
     def shape(self, problem: Sample) -> Sample:
@@ -390,23 +373,11 @@ class CodeRepairTask(CodeTask):
     description = "Fix a Python function with one injected bug (HumanEval, seeded mutants that fail); reward = asserts passed"
     mode = "repair"
 
-    def __init__(
-        self,
-        seed: int = 0,
-        data_files: Any = None,
-        dataset: str | None = None,
-        dataset_config: str | None = None,
-        fields: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-        memory_mb: int = 1024,
-        workers: int | None = None,
-        isolation: Isolation = "auto",
-        strict: bool = False,
-    ) -> None:
+    def __init__(self, seed: int = 0, **kwargs: Any) -> None:
+        """``kwargs``: those of :class:`CodeTask` (data, sandbox limits, ``strict``)."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
-        super().__init__(data_files=data_files, dataset=dataset, dataset_config=dataset_config, fields=fields,
-                         timeout=timeout, memory_mb=memory_mb, workers=workers, isolation=isolation, strict=strict)
+        super().__init__(**kwargs)
         self.seed = seed
 
     def load(self, split: str) -> list[Sample]:

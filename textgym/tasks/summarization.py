@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from textgym.data.base import Sample, check_split
-from textgym.data.files import DataFiles, iter_records, load_data_files
-from textgym.data.hf import load_hf_dataset
+from textgym.data.files import DataFiles, iter_records
+from textgym.data.source import UserData
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled
 from textgym.tasks.base import Task
 
@@ -143,10 +143,12 @@ class SummarizationTask(Task):
         dataset_config: str | None = None,
         fields: Mapping[str, str] | None = None,
         instruction: str | None = None,
+        on_bad_row: str = "raise",
     ) -> None:
         super().__init__()
-        if data_files is not None and dataset is not None:
-            raise ConfigError("give at most one of data_files= and dataset=")
+        self.user_data = UserData(
+            data_files, dataset, dataset_config, {"prompt": "document", "references": "summary", **(fields or {})}, on_bad_row
+        )
         if aspect not in (*ASPECTS, "all"):
             raise ConfigError(f"aspect must be one of {[*ASPECTS, 'all']}, got {aspect!r}")
         sections = (sections,) if isinstance(sections, str) else tuple(sections)
@@ -156,11 +158,7 @@ class SummarizationTask(Task):
             raise ConfigError(f"instruction must be a non-empty string, got {instruction!r}")
         self.aspect = aspect
         self.sections = sections
-        self.data_files = data_files
-        self.dataset = dataset
-        self.dataset_config = dataset_config
-        self.fields = {"prompt": "document", "references": "summary", **(fields or {})}
-        default = GENERIC_INSTRUCTION if data_files is not None or dataset is not None else aspect_instruction(aspect)
+        default = GENERIC_INSTRUCTION if self.user_data.given else aspect_instruction(aspect)
         self.instruction = instruction or default
 
     def messages(self, sample: Sample) -> list[dict[str, str]]:
@@ -168,10 +166,8 @@ class SummarizationTask(Task):
 
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
-        if self.data_files is not None:
-            return load_data_files(self.data_files, split, self.fields)
-        if self.dataset is not None:
-            return load_hf_dataset(self.dataset, split, dataset_config=self.dataset_config, fields=self.fields)
+        if self.user_data.given:
+            return self.user_data.load(split)
         return aclsum_samples(split, self.aspect, self.sections)
 
 

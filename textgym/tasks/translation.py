@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from textgym.data.base import Sample, check_split, split_samples
-from textgym.data.files import check_bad_row_policy, load_data_files
 from textgym.data.gettext import read_po
-from textgym.data.hf import load_hf_dataset
+from textgym.data.source import UserData
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled
 from textgym.tasks.base import Task
 
@@ -95,8 +94,10 @@ class TranslationTask(Task):
         on_bad_row: str = "raise",
     ) -> None:
         super().__init__()
-        self.on_bad_row = check_bad_row_policy(on_bad_row)
-        if sum(x is not None for x in (po_dir, data_files, dataset)) > 1:
+        self.user_data = UserData(
+            data_files, dataset, dataset_config, {"prompt": "source", "references": "target", **(fields or {})}, on_bad_row
+        )
+        if po_dir is not None and self.user_data.given:
             raise ConfigError("give at most one of po_dir=, data_files= and dataset=")
         if not isinstance(language, str) or not language:
             raise ConfigError(f"language must be a locale code such as 'fr' or 'de', got {language!r}")
@@ -104,10 +105,6 @@ class TranslationTask(Task):
         self.language_name = LANGUAGE_NAMES.get(language, language)
         self.source_language = source_language
         self.po_dir = po_dir
-        self.data_files = data_files
-        self.dataset = dataset
-        self.dataset_config = dataset_config
-        self.fields = {"prompt": "source", "references": "target", **(fields or {})}
         self._catalog: list[Sample] | None = None
 
     def messages(self, sample: Sample) -> list[dict[str, str]]:
@@ -150,11 +147,7 @@ class TranslationTask(Task):
 
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
-        if self.data_files is not None:
-            return load_data_files(self.data_files, split, self.fields, on_bad_row=self.on_bad_row)
-        if self.dataset is not None:
-            return load_hf_dataset(
-                self.dataset, split, dataset_config=self.dataset_config, fields=self.fields, on_bad_row=self.on_bad_row
-            )
+        if self.user_data.given:
+            return self.user_data.load(split)
         # split by source string: a string never appears in two splits
         return split_samples(self._catalog_samples(), split, key=lambda s: s.prompt)
