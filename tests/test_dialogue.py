@@ -159,7 +159,7 @@ def test_the_real_next_turn_beats_an_empty_reply():
     env.reset(seed=4)
     empty = _reply(env, "")["metrics"]
     assert real["chrf"] == pytest.approx(1.0) and real["semantic_similarity"] == pytest.approx(1.0, abs=1e-5)
-    assert empty["reward"] == pytest.approx(env.unwrapped.setup.reward.range[0] + 0.1)  # -0.4: no repetition
+    assert empty["reward"] == pytest.approx(env.unwrapped.setup.reward.range[0] + 0.1)  # -0.5: no repetition
     assert real["reward"] > 0.8 > 0 > empty["reward"]
 
 

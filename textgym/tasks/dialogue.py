@@ -51,9 +51,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are chatting casually with a friend by text message. "
     "Reply with your next message only: short, natural and on topic."
 )
-#: Default reward weights: closeness to the real next turn (chrF, characters;
-#: semantic similarity, meaning) carries 80 %, diversity 20 %.
-DEFAULT_WEIGHTS = MappingProxyType({"chrf": 0.4, "semantic_similarity": 0.4, "distinct_2": 0.1, "repetition": 0.1})
+#: Default reward weights: closeness to the real next turn in meaning
+#: (semantic similarity) and wording (ROUGE-L), minus looping.  Not chrF and
+#: distinct-2: on 32 test turns, uniform random tokens scored chrF 0.144 and
+#: distinct-2 1.0 against SmolLM2's 0.130 and 0.57, so a reward built on them
+#: ranks garbage above the model (random 0.187 vs 0.138 with 0.4 chrF + 0.4
+#: semantic + 0.1 distinct-2 + 0.1 repetition) and invites reward hacking.
+#: These weights rank them 0.037 vs 0.078.
+DEFAULT_WEIGHTS = MappingProxyType({"rougeL": 0.4, "semantic_similarity": 0.5, "repetition": 0.1})
 DIALOGUE_FIELDS = {"id": "id", "turns": "turns"}
 
 Conversation = tuple[str, tuple[str, ...]]  # (conversation id, turns)
@@ -151,13 +156,14 @@ class DialogueTask(Task):
 
     Reward (default, weights changeable with ``reward=``)::
 
-        0.4 * chrf + 0.4 * semantic_similarity + 0.1 * distinct_2 + 0.1 * repetition
+        0.4 * rougeL + 0.5 * semantic_similarity + 0.1 * repetition
 
-    chrF and the MiniLM cosine similarity compare the reply with the real next
-    turn (surface form and meaning); distinct-2 rewards varied wording and
-    ``repetition`` (0 to -1) penalises looping 3-grams.  Range [-0.5, 0.9]:
-    -0.4 for an empty reply.  Every component, plus ROUGE-L and
-    ``length_ratio``, is in ``info["metrics"]``.
+    ROUGE-L and the MiniLM cosine similarity compare the reply with the real
+    next turn (wording and meaning); ``repetition`` (0 to -1) penalises
+    looping 3-grams.  Range [-0.6, 0.9]: -0.5 for an empty reply.  chrF and
+    distinct-2 are in ``info["metrics"]`` too (with ``length_ratio``) but not
+    in the default reward: random tokens score well on both (see
+    ``DEFAULT_WEIGHTS``); ``reward={"chrf": 0.4, ...}`` puts them back.
 
     Example:
         >>> import gymnasium as gym, textgym
