@@ -105,3 +105,12 @@ def test_dialogue_multi_turn_appends_the_real_reply_and_asks_again() -> None:
     assert truncated and final["turns"] == 2
     with pytest.raises(ValueError, match=r"turns must be an integer >= 1 \(agent turns per episode\), got 0"):
         gym.make("textgym/Dialogue-v0", model=TINY, turns=0)
+
+
+def test_textppo_refuses_multi_turn_envs_clearly() -> None:
+    from agents import TextPPO
+
+    envs = gym.make_vec("textgym/Dialogue-v0", num_envs=2, model=TINY, turns=2, max_new_tokens=2)
+    agent = TextPPO("LMPolicy", envs, model=TINY, seed=0, verbose=0)
+    with pytest.raises(ValueError, match="multi-turn .* single-turn episodes only"):
+        agent.learn(total_timesteps=4)

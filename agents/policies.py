@@ -1,0 +1,432 @@
+"""LMPolicy: a Hugging Face causal LM as a Stable-Baselines3 actor-critic policy.
+
+The actor is the LM itself: its LM head gives the logits of the next token
+(SB3's default ``action_net``, a fresh ``Linear(latent, vocab)``, is never
+built).  The critic is a value head on the last hidden state, initialised to
+zero, on the shared trunk or, with ``separate_critic=True``, on a copy of the
+transformer.  Observations are the env's ``input_ids`` / ``attention_mask``
+(SB3 hands them over as floats; they are cast back to ``long``).
+
+Two ways to use it:
+
+* :class:`agents.TextPPO` (fast path): batched rollouts with a KV cache, one
+  forward per sequence in the update (:meth:`LMPolicy.sequence_forward`);
+* stock ``stable_baselines3.PPO`` (slow, for compatibility), through
+  :class:`agents.sb3_adapter.SB3VecEnv`::
+
+      from stable_baselines3 import PPO
+      from agents import LMPolicy
+      from agents.sb3_adapter import SB3VecEnv
+      venv = SB3VecEnv(gym.make_vec("textgym/Copy-v0", num_envs=4, model="tiny-random"))
+      ppo = PPO(LMPolicy, venv, n_steps=8, batch_size=16,
+                policy_kwargs={"model": "tiny-random", "action_mask": venv.action_mask})
+      ppo.learn(64)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from agents.sampling import filter_logits, log_probs_and_entropy
+from textgym.errors import ModelError
+
+DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
+
+
+def load_causal_lm(model: Any) -> nn.Module:
+    """A causal LM from a textgym model spec (alias, path, hub id) or a ready ``PreTrainedModel``."""
+    if isinstance(model, nn.Module):
+        return model
+    from textgym.models import load_model
+
+    return load_model(model)
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Dropout off everywhere (policy, reference and critic must be deterministic functions)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = 0.0
+        for attr in DROPOUT_ATTRS:
+            if isinstance(getattr(sub, attr, None), float):
+                setattr(sub, attr, 0.0)
+    config = getattr(module, "config", None)
+    for attr in DROPOUT_ATTRS:
+        if isinstance(getattr(config, attr, None), float):
+            setattr(config, attr, 0.0)
+
+
+def lm_vocab_size(lm: nn.Module) -> int:
+    """Rows of the LM head (the number of token ids the model can emit)."""
+    return int(lm.get_output_embeddings().weight.shape[0])
+
+
+def apply_lora(lm: nn.Module, lora: Any) -> nn.Module:
+    """Wrap ``lm`` in LoRA adapters (``lora``: True, a dict of ``LoraConfig`` kwargs or a ``LoraConfig``)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is a test dependency
+        from textgym.errors import DependencyNotInstalled
+
+        raise DependencyNotInstalled("lora= needs peft: pip install peft") from err
+    if lora is True:
+        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    elif isinstance(lora, dict):
+        config = LoraConfig(**{"lora_dropout": 0.0, "task_type": "CAUSAL_LM", **lora})
+    elif isinstance(lora, LoraConfig):
+        config = lora
+    else:
+        raise TypeError(f"lora must be True, a dict of LoraConfig arguments or a LoraConfig, got {lora!r}")
+    return get_peft_model(lm, config)
+
+
+@dataclass
+class _CacheState:
+    """KV cache of the last no-grad call (stock-SB3 path): reused when every row grew by one token."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    cache_mask: torch.Tensor
+    past: Any
+
+
+def run_decoder(
+    decoder: nn.Module,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    past: Any = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, Any]:
+    """Last hidden states and KV cache of a transformers decoder (``cache=`` in transformers >= 5.x,
+    ``past_key_values=`` before)."""
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": positions}
+    kwargs["use_cache"] = use_cache  # never build a cache nobody reads (the update's full forward)
+    if use_cache:
+        kwargs[_cache_kwarg(type(decoder))] = past
+    out = decoder(**kwargs)
+    cache = getattr(out, "cache", None) if use_cache else None
+    if use_cache and cache is None:
+        cache = getattr(out, "past_key_values", None)
+    return out.last_hidden_state, cache
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def first_real_column(mask: torch.Tensor) -> int:
+    """The first column where any row has a real token (left padding shared by all rows starts before it)."""
+    used = torch.nonzero(mask.any(dim=0))
+    return int(used[0]) if used.numel() else max(mask.shape[1] - 1, 0)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at the first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class LMPolicy(ActorCriticPolicy):
+    """Causal LM + value head as an SB3 ``ActorCriticPolicy`` (see the module docstring).
+
+    Args:
+        observation_space, action_space, lr_schedule: as for any SB3 policy.
+        model: textgym model spec (``"tiny-random"``, ``"smollm2-135m-instruct"``, a path or hub id)
+            or a ready ``PreTrainedModel``.
+        separate_critic: value head on its own copy of the transformer instead of the shared trunk.
+        temperature, top_k, top_p: the sampling distribution (applied to every log-prob).
+        action_mask: bool array ``(vocab,)`` of allowed tokens (e.g. ``env.action_masks()[0]``).
+        lora: LoRA adapters via peft (True, dict of ``LoraConfig`` kwargs or ``LoraConfig``).
+        gradient_checkpointing: trade compute for activation memory in the update.
+        optimizer_class, optimizer_kwargs: the optimizer of the trainable parameters.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Callable[[float], float],
+        model: Any = "tiny-random",
+        *,
+        separate_critic: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        action_mask: np.ndarray | None = None,
+        lora: Any = None,
+        gradient_checkpointing: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        use_sde: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, spaces.Discrete):
+            raise TypeError(f"LMPolicy needs a Discrete action space (one token id per step), got {action_space}")
+        if use_sde:
+            raise ValueError("LMPolicy samples tokens from a categorical distribution; use_sde=True is not supported")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not (isinstance(top_k, int) and top_k >= 0):
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        self._model_source = (model,)  # a tuple: nn.Module attributes cannot be set before Module.__init__
+        self.separate_critic = bool(separate_critic)
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self._action_mask_init = None if action_mask is None else np.asarray(action_mask, dtype=bool)
+        self.lora = lora
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._cache: _CacheState | None = None
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            ortho_init=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            **kwargs,
+        )
+
+    # -- construction -----------------------------------------------------------
+    def _build(self, lr_schedule: Callable[[float], float]) -> None:
+        lm = load_causal_lm(self._model_source[0])
+        self._model_source = (None,)  # drop the reference: the module now lives in self.lm
+        vocab = int(self.action_space.n)
+        if lm_vocab_size(lm) != vocab:
+            raise ModelError(
+                f"vocabulary mismatch: the env's action space has {vocab} token ids but the model's "
+                f"LM head has {lm_vocab_size(lm)} (config.vocab_size={getattr(lm.config, 'vocab_size', '?')}); "
+                "use the model whose tokenizer the env was built with (gym.make(..., model=...))"
+            )
+        disable_dropout(lm)
+        if self.separate_critic:
+            base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+            self.critic: nn.Module | None = copy.deepcopy(base.get_decoder())
+        else:
+            self.critic = None
+        if self.lora and not hasattr(lm, "disable_adapter"):  # a PeftModel (from a checkpoint) is kept as is
+            lm = apply_lora(lm, self.lora)
+        if self.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora:
+                lm.enable_input_require_grads()
+        self.lm = lm
+        hidden = int(self.base_lm.get_output_embeddings().weight.shape[1])
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        mask = self._action_mask_init
+        if mask is not None and mask.shape != (vocab,):
+            raise ValueError(f"action_mask must have shape ({vocab},), got {mask.shape}")
+        self.register_buffer("action_mask", None if mask is None else torch.tensor(mask), persistent=False)
+        # With a mask, the LM head is evaluated on the allowed rows only ("choices"): the
+        # log-softmax over them equals the masked full-vocabulary log-softmax, at a fraction of the cost.
+        allowed = None if mask is None or mask.all() else torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
+        slots = None
+        if allowed is not None:
+            slots = torch.full((vocab,), -1, dtype=torch.long)
+            slots[allowed] = torch.arange(len(allowed))
+        self.register_buffer("allowed_ids", allowed, persistent=False)
+        self.register_buffer("token_slot", slots, persistent=False)
+        params = [p for p in self.parameters() if p.requires_grad]
+        self.optimizer = self.optimizer_class(params, lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    @property
+    def base_lm(self) -> nn.Module:
+        """The transformers model (inside the peft wrapper when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.base_lm.get_decoder()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.action_space.n)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            separate_critic=self.separate_critic,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            action_mask=self._action_mask_init,
+        )
+        return data
+
+    def set_training_mode(self, mode: bool) -> None:
+        """Train/eval mode (dropout is off either way); forgets the rollout KV cache."""
+        self._cache = None
+        super().set_training_mode(mode)
+
+    # -- distribution ---------------------------------------------------------------
+    def filtered_logits(self, logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Temperature, action mask, top-k and top-p applied to choice logits (float32).
+
+        ``logits`` are over the policy's choices (:meth:`head_logits`); ``keep`` are choice indices.
+        """
+        return filter_logits(
+            logits,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            action_mask=self.action_mask if self.allowed_ids is None else None,
+            keep=keep,
+        )
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw logits over the choices: the allowed tokens when there is an action mask, else the vocabulary."""
+        head = self.base_lm.get_output_embeddings()
+        if self.allowed_ids is None:
+            return head(hidden)
+        bias = None if head.bias is None else head.bias[self.allowed_ids]
+        return torch.nn.functional.linear(hidden, head.weight[self.allowed_ids], bias)
+
+    def to_choice(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids -> choice indices (disallowed tokens -> 0; their log-prob is set to -inf by callers)."""
+        return tokens if self.token_slot is None else self.token_slot[tokens].clamp(min=0)
+
+    def to_token(self, choices: torch.Tensor) -> torch.Tensor:
+        return choices if self.allowed_ids is None else self.allowed_ids[choices]
+
+    def allowed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(tokens, dtype=torch.bool) if self.token_slot is None else self.token_slot[tokens] >= 0
+
+    def full_vocab(self, choice_logits: torch.Tensor) -> torch.Tensor:
+        """Choice logits scattered into the full vocabulary (-inf elsewhere), for SB3's distribution."""
+        if self.allowed_ids is None:
+            return choice_logits
+        full = choice_logits.new_full((*choice_logits.shape[:-1], self.vocab_size), float("-inf"))
+        full[..., self.allowed_ids] = choice_logits
+        return full
+
+    def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    # -- the fast path (TextPPO) -----------------------------------------------------------
+    def decode_step(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the LM on new tokens with a KV cache; returns the last column's raw choice logits and the cache."""
+        hidden, cache = run_decoder(self.decoder, ids, attention_mask, positions, past, use_cache=True)
+        return self.head_logits(hidden[:, -1]), cache
+
+    def sequence_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Log-probs, entropies and values of every generated token, in ONE forward pass.
+
+        ``input_ids``/``attention_mask`` (B, P+T) hold the left-padded prompt in
+        columns [0, P) and the generated tokens after (mask 0 past each sequence's end).
+        Returns ``(logp, entropy, values)``, each (B, T) float32; the value of token t
+        is V(prompt + tokens[:t]), read at column P-1+t.
+        """
+        start = first_real_column(attention_mask[:, :prompt_len])  # drop padding columns every row shares
+        input_ids, attention_mask, prompt_len = input_ids[:, start:], attention_mask[:, start:], prompt_len - start
+        positions = positions_from_mask(attention_mask)
+        hidden, _ = run_decoder(self.decoder, input_ids, attention_mask, positions)
+        h_gen = hidden[:, prompt_len - 1 : -1]
+        tokens = input_ids[:, prompt_len:]
+        choices = self.to_choice(tokens)
+        logp, entropy = log_probs_and_entropy(self.filtered_logits(self.head_logits(h_gen), keep=choices), choices)
+        logp = logp.masked_fill(~self.allowed(tokens), float("-inf"))
+        values = None
+        if with_values:
+            if self.critic is not None:
+                hidden, _ = run_decoder(self.critic, input_ids, attention_mask, positions)
+                h_gen = hidden[:, prompt_len - 1 : -1]
+            values = self.value_of(h_gen)
+        return logp, entropy, values
+
+    # -- the SB3 interface ----------------------------------------------------------------
+    def _obs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = obs["input_ids"].long()
+        mask = obs["attention_mask"].long()
+        if ids.dim() == 1:
+            ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+        return ids, mask
+
+    def _last_hidden(self, ids: torch.Tensor, mask: torch.Tensor, use_cache: bool) -> torch.Tensor:
+        """Hidden state at each row's last real token (where the next token is predicted)."""
+        use_cache = use_cache and not torch.is_grad_enabled()
+        state = self._cache
+        if use_cache and state is not None and state.ids.shape == ids.shape:
+            diff = mask - state.mask
+            grew = bool(((diff == 0) | (diff == 1)).all() and (diff.sum(1) == 1).all())
+            if grew and bool((ids[state.mask.bool()] == state.ids[state.mask.bool()]).all()):
+                col = diff.argmax(1, keepdim=True)
+                cache_mask = torch.cat([state.cache_mask, torch.ones_like(col)], dim=1)
+                hidden, past = run_decoder(
+                    self.decoder, ids.gather(1, col), cache_mask, mask.sum(1, keepdim=True) - 1, state.past, True
+                )
+                if cache_mask.shape[1] <= 2 * ids.shape[1]:
+                    self._cache = _CacheState(ids, mask, cache_mask, past)
+                else:
+                    self._cache = None  # compact: the next call starts a fresh cache
+                return hidden[:, -1]
+        hidden, past = run_decoder(self.decoder, ids, mask, positions_from_mask(mask), use_cache=use_cache)
+        self._cache = _CacheState(ids, mask, mask, past) if use_cache else None
+        last = ids.shape[1] - 1 - mask.flip(1).argmax(1)
+        return hidden[torch.arange(ids.shape[0]), last]
+
+    def _critic_value(self, ids: torch.Tensor, mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.critic is None:
+            return self.value_of(hidden)
+        hidden, _ = run_decoder(self.critic, ids, mask, positions_from_mask(mask))
+        last = ids.shape[1] - 1 - mask.flip(1).argmax(1)
+        return self.value_of(hidden[torch.arange(ids.shape[0]), last])
+
+    def _distribution(self, hidden: torch.Tensor, keep: torch.Tensor | None = None) -> CategoricalDistribution:
+        dist = CategoricalDistribution(self.vocab_size)
+        keep = None if keep is None else self.to_choice(keep)
+        filtered = self.filtered_logits(self.head_logits(hidden), keep=keep)
+        return dist.proba_distribution(action_logits=self.full_vocab(filtered))
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions, values and log-probs for a batch of observations (SB3's rollout call)."""
+        ids, mask = self._obs(obs)
+        hidden = self._last_hidden(ids, mask, use_cache=True)
+        dist = self._distribution(hidden)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions, self._critic_value(ids, mask, hidden).unsqueeze(-1), dist.log_prob(actions)
+
+    def evaluate_actions(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values, log-probs and entropies of ``actions`` (SB3's update call)."""
+        ids, mask = self._obs(obs)
+        hidden = self._last_hidden(ids, mask, use_cache=False)
+        actions = actions.reshape(-1).long()
+        dist = self._distribution(hidden, keep=actions)
+        return self._critic_value(ids, mask, hidden).unsqueeze(-1), dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs: dict[str, torch.Tensor]) -> CategoricalDistribution:
+        ids, mask = self._obs(obs)
+        return self._distribution(self._last_hidden(ids, mask, use_cache=False))
+
+    def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask = self._obs(obs)
+        hidden = self._last_hidden(ids, mask, use_cache=False)
+        return self._critic_value(ids, mask, hidden).unsqueeze(-1)
+
+    def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
+        ids, mask = self._obs(observation)
+        return self._distribution(self._last_hidden(ids, mask, use_cache=True)).get_actions(deterministic=deterministic)

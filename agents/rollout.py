@@ -1,0 +1,132 @@
+"""Lockstep batched rollouts through a :class:`~textgym.vector.TextVectorEnv` with one KV cache.
+
+All N episodes start together (the caller resets the env); each step feeds
+one column of tokens to the LM and the env; the batch ends when every episode
+has ended.  Episodes that ended early keep stepping with a placeholder token
+(an allowed non-EOS token): Gymnasium's NextStep autoreset resets such a slot
+on the step after its end and ignores that action; the new episode it starts
+would need ``max_new_tokens`` more steps to end, longer than the batch can
+last, so it is never scored and the next ``reset()`` discards it.  With
+SameStep autoreset the same argument holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.buffers import SequenceBatch
+from agents.policies import LMPolicy, first_real_column, positions_from_mask
+from agents.sampling import sample_tokens
+from textgym.errors import ConfigError
+
+
+def slot_info(infos: dict[str, Any], slot: int) -> dict[str, Any]:
+    """Slot ``slot``'s entries of a Gymnasium vector-env info dict (``_key`` masks respected)."""
+    out: dict[str, Any] = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        present = infos.get("_" + key)
+        if present is not None and not present[slot]:
+            continue
+        if isinstance(value, dict):
+            out[key] = slot_info(value, slot)
+        else:
+            item = value[slot]
+            out[key] = item.item() if isinstance(item, np.generic) else item
+    return out
+
+
+def placeholder_token(mask: np.ndarray | None, eos_id: int) -> int:
+    """An allowed token that is not EOS (EOS only if nothing else is allowed)."""
+    if mask is None:
+        return 0 if eos_id != 0 else 1
+    allowed = np.flatnonzero(mask)
+    others = allowed[allowed != eos_id]
+    return int(others[0]) if others.size else int(eos_id)
+
+
+@torch.no_grad()
+def generate_batch(
+    policy: LMPolicy,
+    env: Any,
+    obs: dict[str, np.ndarray],
+    *,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+    on_step: Callable[[dict[str, Any]], bool] | None = None,
+    autocast: Any = None,
+) -> SequenceBatch | None:
+    """Generate one episode per slot from the reset observation ``obs``.
+
+    ``on_step(locals)`` is called after every env step; returning False aborts
+    (the function then returns None).  ``autocast`` is a context-manager
+    factory (bf16 on CUDA) or None.
+    """
+    setup = env.setup
+    if setup.task.multi_turn:
+        raise ConfigError(
+            f"{type(setup.task).__name__} is multi-turn (its episodes re-prompt after each turn); TextPPO's "
+            "lockstep KV-cache rollouts support single-turn episodes only, e.g. Dialogue-v0 with turns=1"
+        )
+    device = policy.device
+    P, T, N = setup.max_prompt_tokens, setup.max_new_tokens, env.num_envs
+    eos = setup.eos_id
+    placeholder = placeholder_token(setup.action_mask, eos)
+    prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
+    attn = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
+    gen = torch.full((N, T), eos, dtype=torch.long, device=device)
+    gen_mask = torch.zeros((N, T), dtype=torch.long, device=device)
+    env_rewards = torch.zeros((N, T), dtype=torch.float32)
+    done = np.zeros(N, dtype=bool)
+    eos_end = np.zeros(N, dtype=bool)
+    finals: list[dict[str, Any]] = [{} for _ in range(N)]
+    ctx = autocast if autocast is not None else _null
+    start = first_real_column(attn)  # padding columns shared by every row are skipped
+    attn = attn[:, start:]
+    with ctx():
+        logits, past = policy.decode_step(prompt_ids[:, start:], attn, positions_from_mask(attn))
+    for t in range(T):
+        tokens = policy.to_token(sample_tokens(policy.filtered_logits(logits), generator, deterministic))
+        running = torch.as_tensor(~done, device=device)
+        gen[running, t] = tokens[running]
+        gen_mask[running, t] = 1
+        actions = tokens.cpu().numpy().astype(np.int64)
+        actions[done] = placeholder
+        _, rewards, terminated, truncated, infos = env.step(actions)
+        live = ~done
+        env_rewards[torch.as_tensor(live), t] = torch.as_tensor(rewards[live], dtype=torch.float32)
+        ended = (terminated | truncated) & live
+        for slot in np.flatnonzero(ended):
+            finals[slot] = slot_info(infos, int(slot))
+        eos_end |= terminated & live
+        done |= ended
+        dones = ended  # noqa: F841 - SB3 callbacks read locals()["dones"] and ["infos"]
+        if on_step is not None and not on_step(locals()):
+            return None
+        if done.all():
+            break
+        feed = torch.as_tensor(actions, device=device).unsqueeze(1)
+        attn = torch.cat([attn, torch.ones_like(feed)], dim=1)
+        with ctx():
+            logits, past = policy.decode_step(feed, attn, attn.sum(1, keepdim=True) - 1, past)
+    return SequenceBatch(
+        input_ids=torch.cat([prompt_ids, gen], dim=1),
+        attention_mask=torch.cat([torch.as_tensor(obs["attention_mask"][:, :P], device=device), gen_mask], dim=1),
+        prompt_len=P,
+        env_rewards=env_rewards.to(device),
+        ended_with_eos=torch.as_tensor(eos_end, device=device),
+        infos=finals,
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,73 @@
+"""One definition of the sampling distribution, used in rollouts and in every recomputed log-prob.
+
+The policy samples from ``softmax(filter(logits / temperature))`` where the
+filter removes tokens outside the env's action mask, outside the ``top_k``
+largest and outside the ``top_p`` nucleus.  The same function turns logits into
+log-probabilities in the rollout, for the reference model and in the PPO
+update, always in float32 (bf16 log-softmax drifts, see DESIGN.md).
+
+In a recomputation the token that was actually sampled is always kept in the
+support (``keep=``): a top-k/top-p filter recomputed from updated logits could
+otherwise drop it and give a log-prob of -inf.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    action_mask: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float32 logits of the sampling distribution over the last dimension (disallowed = -inf).
+
+    ``action_mask`` is a bool tensor broadcastable to ``logits``; ``keep`` holds
+    token ids (shape ``logits.shape[:-1]``) that stay allowed whatever the filters say.
+    """
+    out = logits.float() / temperature
+    if action_mask is not None:
+        out = out.masked_fill(~action_mask.bool(), NEG_INF)
+    if top_k and top_k < out.shape[-1]:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        remove = out < kth
+        out = _remove(out, remove, keep)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first is always kept)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        remove = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = _remove(out, remove, keep)
+    return out
+
+
+def _remove(out: torch.Tensor, remove: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    if keep is not None:
+        remove = remove.scatter(-1, keep.unsqueeze(-1), False)
+    return out.masked_fill(remove, NEG_INF)
+
+
+def log_probs_and_entropy(filtered: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``actions`` and the entropy of each distribution (float32)."""
+    logp_all = torch.log_softmax(filtered, dim=-1)
+    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    p = logp_all.exp()
+    # masked_fill (not where on a product): 0 * -inf would give NaN gradients for removed tokens
+    entropy = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
+    return logp, entropy
+
+
+def sample_tokens(filtered: torch.Tensor, generator: torch.Generator | None, deterministic: bool = False) -> torch.Tensor:
+    """Draw one token per row from filtered logits (argmax when ``deterministic``)."""
+    if deterministic:
+        return filtered.argmax(dim=-1)
+    probs = torch.softmax(filtered, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
