@@ -28,8 +28,11 @@ def readme_block(tag: str) -> str:
 def test_readme_custom_task_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "capitals.jsonl").write_text(readme_block("capitals.jsonl"))
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("python"), "README.md", "exec"), {"__name__": "readme"})
+    namespace = {"__name__": "readme"}
+    exec(compile(readme_block("python"), "README.md", "exec"), namespace)
     assert "1.0 {'reward': 1.0}" in capsys.readouterr().out
+    exec(compile(readme_block("python-train"), "README.md", "exec"), namespace)
+    assert namespace["agent"].n_updates >= 1 and "updates" in capsys.readouterr().out
     assert textgym.ENVS["my/Capitals-v0"].source == "user"
 
 
