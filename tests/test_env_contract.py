@@ -202,3 +202,17 @@ def test_vector_reset_with_one_index_per_slot() -> None:
     assert list(infos["sample_id"]) == [samples[4].id, samples[0].id, samples[9].id]
     with pytest.raises(ValueError, match="index has 2 entries for 3 envs"):
         envs.reset(options={"index": [1, 2]})
+
+
+def test_shard_keeps_every_nth_sample() -> None:
+    envs = gym.make_vec("textgym/Translation-v0", num_envs=2, model=TINY)
+    setup = envs.unwrapped.setup
+    everything = list(setup.samples)
+    setup.shard(1, 3)
+    assert setup.samples == everything[1::3] and setup.shard_of == (1, 3)
+    setup.shard(1, 3)  # same shard again: nothing changes
+    assert setup.samples == everything[1::3]
+    _, infos = envs.reset(options={"index": [0, 1]})
+    assert list(infos["sample_id"]) == [everything[1].id, everything[4].id]
+    with pytest.raises(ValueError, match=r"already sharded as rank 1 of 3"):
+        setup.shard(0, 2)

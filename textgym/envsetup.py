@@ -128,6 +128,7 @@ class EnvSetup:
         self.vocab_size = len(self.tokenizer)
         self.action_mask = self._check_mask(self.task.action_mask(self.tokenizer))
         self._prompts: dict[int, tuple[np.ndarray, str]] = {}
+        self.shard_of: tuple[int, int] | None = None
         length = self.max_prompt_tokens + self.max_new_tokens
         self.observation_space = spaces.Dict(
             {
@@ -156,6 +157,27 @@ class EnvSetup:
     def _encode(self, sample: Sample) -> tuple[list[int], str]:
         text = self.task.format_prompt(sample, self.tokenizer)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Keep samples ``rank, rank + world_size, ...`` of the split (one data-parallel rank's share).
+
+        Calling it again with the same shard does nothing; ``reset(options={"index": i})``
+        then indexes the shard.
+        """
+        if self.shard_of == (rank, world_size):
+            return
+        if self.shard_of is not None:
+            raise ConfigError(f"{self.owner}: already sharded as rank {self.shard_of[0]} of {self.shard_of[1]}")
+        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if len(self.samples) < world_size:
+            raise ConfigError(
+                f"split {self.split!r} has {len(self.samples)} samples, fewer than the {world_size} ranks; "
+                "use fewer processes or a larger split"
+            )
+        self.samples = self.samples[rank::world_size]
+        self._prompts = {}  # keyed by sample index
+        self.shard_of = (rank, world_size)
 
     def encoded_prompt(self, index: int) -> tuple[np.ndarray, str]:
         """Token ids and text of sample ``index``'s prompt (cached), see :meth:`encode_sample`."""
