@@ -19,15 +19,17 @@ _TEXT = "textgym.rewards.text"
 register_metric("chrf", f"{_TEXT}:sacrebleu_scores", 0.0, 1.0, "sacrebleu sentence chrF / 100")
 register_metric("bleu", f"{_TEXT}:sacrebleu_scores", 0.0, 1.0, "sacrebleu sentence BLEU / 100")
 register_metric("ter", f"{_TEXT}:sacrebleu_scores", 0.0, float("inf"), "sacrebleu sentence TER / 100 (lower is better)")
-register_metric("length_ratio", f"{_TEXT}:length_scores", 0.0, float("inf"), "output words / reference words")
-register_metric("length_penalty", f"{_TEXT}:length_scores", -1.0, 0.0, "-|1 - length_ratio|, clipped at -1")
+# Cheap metrics stay in-process (parallel=False): shipping them to scoring
+# workers costs more than computing them.
+register_metric("length_ratio", f"{_TEXT}:length_scores", 0.0, float("inf"), "output words / reference words", parallel=False)
+register_metric("length_penalty", f"{_TEXT}:length_scores", -1.0, 0.0, "-|1 - length_ratio|, clipped at -1", parallel=False)
 register_metric(
     "placeholders", "textgym.tasks.translation:placeholder_scores", 0.0, 1.0,
-    "fraction of the source's format placeholders (%(name)s, {obj}, %s) kept in the output",
+    "fraction of the source's format placeholders (%(name)s, {obj}, %s) kept in the output", parallel=False,
 )
 register_metric(
     "copy_accuracy", "textgym.tasks.copy:copy_scores", 0.0, 1.0,
-    "words reproduced at the right position / max(output words, target words)",
+    "words reproduced at the right position / max(output words, target words)", parallel=False,
 )
 
 # Summarization / dialogue metrics (textgym/rewards/rouge.py, semantic.py, diversity.py)
@@ -40,8 +42,8 @@ register_metric(
     "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (output vs best reference)", parallel=False,
 )
 _DIVERSITY = "textgym.rewards.diversity:diversity_scores"
-register_metric("distinct_2", _DIVERSITY, 0.0, 1.0, "distinct bigrams / bigrams of the output")
-register_metric("repetition", _DIVERSITY, -1.0, 0.0, "minus the fraction of repeated word 3-grams (0 = none)")
+register_metric("distinct_2", _DIVERSITY, 0.0, 1.0, "distinct bigrams / bigrams of the output", parallel=False)
+register_metric("repetition", _DIVERSITY, -1.0, 0.0, "minus the fraction of repeated word 3-grams (0 = none)", parallel=False)
 
 # Code metrics (textgym/rewards/execution.py, through textgym/sandbox.py)
 _EXEC = "textgym.rewards.execution:execution_scores"
