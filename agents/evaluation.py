@@ -34,12 +34,7 @@ def evaluate_policy_on_env(
     started = time.perf_counter()
     for first in range(0, total, env.num_envs):
         indices = [min(first + k, total - 1) for k in range(env.num_envs)]
-        obs: dict[str, np.ndarray] | None = None
-        for slot, index in enumerate(indices):
-            reset_mask = np.zeros(env.num_envs, dtype=bool)
-            reset_mask[slot] = True
-            obs, _ = env.reset(seed=seed + slot if first == 0 and obs is None else None,
-                               options={"reset_mask": reset_mask, "index": index})  # fmt: skip
+        obs, _ = env.reset(seed=seed if first == 0 else None, options={"index": indices})
         batch = generate_batch(policy, env, obs, generator=generator, deterministic=deterministic)
         assert batch is not None  # no callback: never aborted
         for k, index in enumerate(indices[: total - first]):

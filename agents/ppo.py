@@ -60,7 +60,7 @@ from agents.losses import (
     token_rewards,
 )
 from agents.policies import LMPolicy, disable_dropout, lm_vocab_size, load_causal_lm
-from agents.rollout import generate_batch, placeholder_token
+from agents.rollout import generate_batch
 from textgym.errors import ModelError
 from textgym.models import default_model
 from textgym.vector import TextVectorEnv
@@ -523,4 +523,4 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-__all__ = ["TextPPO", "POLICIES", "resolve_policy", "wrap_env", "placeholder_token"]
+__all__ = ["TextPPO", "POLICIES", "resolve_policy", "wrap_env"]

@@ -22,6 +22,7 @@ from agents.buffers import SequenceBatch
 from agents.policies import LMPolicy, first_real_column, positions_from_mask
 from agents.sampling import sample_tokens
 from textgym.errors import ConfigError
+from textgym.rollout import filler_token
 
 
 def slot_info(infos: dict[str, Any], slot: int) -> dict[str, Any]:
@@ -39,15 +40,6 @@ def slot_info(infos: dict[str, Any], slot: int) -> dict[str, Any]:
             item = value[slot]
             out[key] = item.item() if isinstance(item, np.generic) else item
     return out
-
-
-def placeholder_token(mask: np.ndarray | None, eos_id: int) -> int:
-    """An allowed token that is not EOS (EOS only if nothing else is allowed)."""
-    if mask is None:
-        return 0 if eos_id != 0 else 1
-    allowed = np.flatnonzero(mask)
-    others = allowed[allowed != eos_id]
-    return int(others[0]) if others.size else int(eos_id)
 
 
 @torch.no_grad()
@@ -76,7 +68,7 @@ def generate_batch(
     device = policy.device
     P, T, N = setup.max_prompt_tokens, setup.max_new_tokens, env.num_envs
     eos = setup.eos_id
-    placeholder = placeholder_token(setup.action_mask, eos)
+    placeholder = filler_token(setup)
     prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
     attn = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
     gen = torch.full((N, T), eos, dtype=torch.long, device=device)

@@ -39,10 +39,17 @@ class _MaskLogits:
 
 
 def filler_token(setup: Any) -> int:
-    """An allowed token that is not EOS (to keep finished slots busy without ending)."""
+    """An allowed token that is not EOS, to keep finished slots of a lockstep batch busy.
+
+    A slot that ended gets it until the batch ends: Gymnasium's autoreset
+    starts a new episode there, which would need ``max_new_tokens`` more
+    steps to end, so it is never scored before the next ``reset()``.  EOS
+    only when the action mask allows nothing else.
+    """
     allowed = np.ones(setup.vocab_size, dtype=bool) if setup.action_mask is None else setup.action_mask.copy()
     allowed[setup.eos_id] = False
-    return int(np.flatnonzero(allowed)[0])
+    others = np.flatnonzero(allowed)
+    return int(others[0]) if others.size else int(setup.eos_id)
 
 
 def generate_tokens(
