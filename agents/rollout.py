@@ -22,24 +22,7 @@ from agents.buffers import SequenceBatch
 from agents.policies import LMPolicy, first_real_column, positions_from_mask
 from agents.sampling import sample_tokens
 from textgym.errors import ConfigError
-from textgym.rollout import filler_token
-
-
-def slot_info(infos: dict[str, Any], slot: int) -> dict[str, Any]:
-    """Slot ``slot``'s entries of a Gymnasium vector-env info dict (``_key`` masks respected)."""
-    out: dict[str, Any] = {}
-    for key, value in infos.items():
-        if key.startswith("_"):
-            continue
-        present = infos.get("_" + key)
-        if present is not None and not present[slot]:
-            continue
-        if isinstance(value, dict):
-            out[key] = slot_info(value, slot)
-        else:
-            item = value[slot]
-            out[key] = item.item() if isinstance(item, np.generic) else item
-    return out
+from textgym.rollout import filler_token, slot_info
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from agents.rollout import slot_info
+from textgym.rollout import slot_info
 from textgym.vector import TextVectorEnv
 
 

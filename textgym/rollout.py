@@ -145,7 +145,7 @@ def play_episodes(
         _, rewards, terminated, truncated, infos = env.step(column)
         for i in np.flatnonzero(terminated | truncated):
             if finals[i] is None:
-                finals[i] = {key: _item(value, i) for key, value in infos.items() if not key.startswith("_")}
+                finals[i] = slot_info(infos, int(i))
                 finals[i]["reward"] = float(rewards[i])
         ended |= terminated | truncated
         if ended.all():
@@ -153,8 +153,18 @@ def play_episodes(
     return [f for f in finals if f is not None]
 
 
-def _item(value: Any, i: int) -> Any:
-    if isinstance(value, dict):
-        return {k: _item(v, i) for k, v in value.items() if not k.startswith("_")}
-    item = value[i]
-    return item.item() if isinstance(item, np.generic) else item
+def slot_info(infos: dict[str, Any], slot: int) -> dict[str, Any]:
+    """Slot ``slot``'s entries of a Gymnasium vector-env info dict (``_key`` masks respected)."""
+    out: dict[str, Any] = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        present = infos.get("_" + key)
+        if present is not None and not present[slot]:
+            continue
+        if isinstance(value, dict):
+            out[key] = slot_info(value, slot)
+        else:
+            item = value[slot]
+            out[key] = item.item() if isinstance(item, np.generic) else item
+    return out
