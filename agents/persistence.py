@@ -10,10 +10,15 @@ Layout of a save directory::
     reference/            the frozen reference model, only when it cannot be reloaded from a model spec
     optimizer.pt          optimizer state
     training_state.pt     KL controller, RNG states (torch, numpy, sampling generator), history
+    manifest.json         every other file and its size, written last: loading checks it
 
 Writes are atomic: everything goes to a temporary sibling directory that
 replaces the target by rename, so a crash mid-save leaves the previous
-checkpoint intact.
+checkpoint intact, and weights that are not finite are never written.
+
+A *run directory* (``learn(save_dir=...)``, ``textgym train --out``) holds
+numbered checkpoints ``checkpoint-<updates>``; :func:`newest_checkpoint` picks
+the newest one that passes validation, reporting and skipping broken ones.
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from agents.config import TextPPOConfig
@@ -36,13 +46,22 @@ from textgym.errors import TextGymError
 if TYPE_CHECKING:
     from agents.ppo import TextPPO
 
+T = TypeVar("T")
+
 FORMAT_VERSION = 1
 META = "textppo.json"
+MANIFEST = "manifest.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 
 
 class CheckpointError(TextGymError, ValueError):
-    """A TextPPO checkpoint directory is missing or incomplete."""
+    """A TextPPO checkpoint directory is missing, incomplete or unreadable."""
+
+
+class NonFiniteError(TextGymError, FloatingPointError):
+    """Training produced NaN/inf values (weights, losses or rewards) it cannot recover from."""
 
 
 def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +86,12 @@ def _env_meta(agent: TextPPO) -> dict[str, Any]:
 def save_agent(agent: TextPPO, path: str | os.PathLike[str]) -> None:
     """See :meth:`agents.TextPPO.save`."""
     target = Path(path)
+    bad = [name for name, p in agent.policy.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteError(
+            f"refusing to save {str(target)!r}: {len(bad)} parameter tensor(s) hold NaN/inf (first: {bad[0]}); "
+            "the previous checkpoint is left as it is"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -115,6 +140,7 @@ def _write(agent: TextPPO, out: Path) -> None:
         "env": _env_meta(agent),
         "seed": agent.seed,
         "num_timesteps": agent.num_timesteps,
+        "total_timesteps": agent._total_timesteps,  # the target of the learn() call in progress
         "n_updates": agent.n_updates,
         "verbose": agent.verbose,
     }
@@ -128,37 +154,86 @@ def _write(agent: TextPPO, out: Path) -> None:
         "history": agent.history,
     }
     torch.save(state, out / "training_state.pt")
+    sizes = {f.relative_to(out).as_posix(): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()}
+    (out / MANIFEST).write_text(json.dumps(sizes, indent=1), encoding="utf-8")  # last: its presence = complete
+
+
+def _read_json(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((path / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} is unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} holds {type(data).__name__}, expected an object")
+    return data
 
 
 def check_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's metadata; raises :class:`CheckpointError` naming every missing file."""
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
-    missing = [n for n in ("config.json", META, "value_head.safetensors", "optimizer.pt", "training_state.pt")
-               if not (path / n).is_file()]  # fmt: skip
+    required = ("config.json", META, "value_head.safetensors", "optimizer.pt", "training_state.pt", MANIFEST)
+    missing = [n for n in required if not (path / n).is_file()]
     if not any((path / w).is_file() for w in WEIGHTS):
         missing.append(" or ".join(WEIGHTS))
     meta: dict[str, Any] = {}
     if (path / META).is_file():
-        meta = json.loads((path / META).read_text(encoding="utf-8"))
+        meta = _read_json(path, META)
         if meta.get("lora") and not (path / "adapter" / "adapter_config.json").is_file():
             missing.append("adapter/adapter_config.json")
         if meta.get("model_spec") is None and not meta.get("lora") and not (path / "reference" / "config.json").is_file():
             missing.append("reference/config.json")
+    wrong_size = []
+    if (path / MANIFEST).is_file():
+        for name, size in _read_json(path, MANIFEST).items():
+            file = path / name
+            if not file.is_file():
+                if name not in missing:
+                    missing.append(name)
+            elif file.stat().st_size != size:
+                wrong_size.append(f"{name} ({file.stat().st_size} bytes, written with {size})")
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} is incomplete; missing: {', '.join(missing)}")
+    if wrong_size:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted; wrong size: {', '.join(wrong_size)}")
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}; expected {FORMAT_VERSION}")
     return meta
 
 
 def load_agent(cls: type[TextPPO], path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> TextPPO:
-    """See :meth:`agents.TextPPO.load`."""
+    """See :meth:`agents.TextPPO.load`: one checkpoint, or the newest valid one of a run directory."""
+    root = Path(path)
+    if (root / META).is_file() or not list_checkpoints(root):
+        return _load_checkpoint(cls, root, env, device, **overrides)
+    return _newest_valid(root, lambda candidate: _load_checkpoint(cls, candidate, env, device, **overrides))
+
+
+def newest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
+    """The newest checkpoint of a run directory that passes :func:`check_checkpoint` (broken ones are reported)."""
+    return _newest_valid(Path(run_dir), lambda candidate: (check_checkpoint(candidate), candidate)[1])
+
+
+def _newest_valid(root: Path, attempt: Callable[[Path], T]) -> T:
+    failures = []
+    for candidate in reversed(list_checkpoints(root)):
+        try:
+            return attempt(candidate)
+        except CheckpointError as err:
+            failures.append(str(err))
+            warnings.warn(f"skipping a checkpoint that failed validation: {err}; trying the previous one", stacklevel=3)
+    raise CheckpointError(f"run directory {str(root)!r} has no valid checkpoint:\n  " + "\n  ".join(failures or ["(none)"]))
+
+
+# what a truncated or corrupted file raises while torch / safetensors / transformers read it
+_READ_ERRORS = (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, SafetensorError)
+
+
+def _load_checkpoint(cls: type[TextPPO], root: Path, env: Any, device: Any, **overrides: Any) -> TextPPO:
     import gymnasium as gym
 
     from textgym.models import load_model
 
-    root = Path(path)
     meta = check_checkpoint(root)
     if env is None:
         env_meta = meta["env"]
@@ -183,21 +258,25 @@ def load_agent(cls: type[TextPPO], path: str | os.PathLike[str], env: Any, devic
         **other,
         **config,
     )
-    if meta["lora"]:
-        from peft import PeftModel
+    try:
+        if meta["lora"]:
+            from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(load_model(spec), str(root / "adapter"), is_trainable=True)
-        reference = None
-    else:
-        lm = load_model(str(root))
-        reference = load_model(spec if spec is not None else str(root / "reference"))
+            lm = PeftModel.from_pretrained(load_model(spec), str(root / "adapter"), is_trainable=True)
+            reference = None
+        else:
+            lm = load_model(str(root))
+            reference = load_model(spec if spec is not None else str(root / "reference"))
+        heads = load_file(str(root / "value_head.safetensors"))
+        optimizer = torch.load(root / "optimizer.pt", map_location="cpu")
+        state = torch.load(root / "training_state.pt", weights_only=False)
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"checkpoint {str(root)!r} could not be read: {type(err).__name__}: {err}") from err
     agent._setup_model(lm, reference=reference)
-    heads = load_file(str(root / "value_head.safetensors"))
     agent.policy.value_head.load_state_dict({k[11:]: v for k, v in heads.items() if k.startswith("value_head.")})
     if agent.policy.critic is not None:
         agent.policy.critic.load_state_dict({k[7:]: v for k, v in heads.items() if k.startswith("critic.")})
-    agent.policy.optimizer.load_state_dict(torch.load(root / "optimizer.pt", map_location=agent.device))
-    state = torch.load(root / "training_state.pt", weights_only=False)
+    agent.policy.optimizer.load_state_dict(optimizer)  # moves the state to the parameters' device
     agent.kl_ctl.load_state_dict(state["kl_controller"])
     torch.set_rng_state(state["torch_rng"])
     agent._torch_gen.set_state(state["sampling_rng"])
@@ -206,5 +285,44 @@ def load_agent(cls: type[TextPPO], path: str | os.PathLike[str], env: Any, devic
     agent._np_rng = agent.dist.decorrelate(agent._torch_gen, agent._np_rng)  # ranks > 0: their own streams
     agent.history = list(state["history"])
     agent.num_timesteps = int(meta["num_timesteps"])
+    agent._total_timesteps = int(meta.get("total_timesteps", agent.num_timesteps))
     agent.n_updates = int(meta["n_updates"])
     return agent
+
+
+# -- run directories ---------------------------------------------------------------------------
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The ``checkpoint-<updates>`` folders of a run directory, oldest first (temp folders excluded)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=_update_count)
+
+
+def save_checkpoint(agent: TextPPO, run_dir: str | os.PathLike[str], keep: int = 2) -> Path:
+    """Save ``run_dir/checkpoint-<n_updates>`` atomically, then delete all but the ``keep`` newest.
+
+    Temp folders left by a save that was killed are removed; a valid checkpoint
+    of the same update count is kept as it is (nothing new to write).
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive integer (checkpoints kept), got {keep!r}")
+    root = Path(run_dir)
+    target = root / f"{CHECKPOINT_PREFIX}{agent.n_updates:06d}"
+    try:
+        check_checkpoint(target)
+    except CheckpointError:
+        save_agent(agent, target)  # replaces a broken folder of that name
+    for stale in root.glob(f".{CHECKPOINT_PREFIX}*"):  # .checkpoint-N.tmp-* / .old-* of an interrupted save
+        shutil.rmtree(stale, ignore_errors=True)
+    upto = [p for p in list_checkpoints(root) if _update_count(p) <= agent.n_updates]  # never a newer one
+    for old in upto[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _update_count(checkpoint: Path) -> int:
+    match = _CHECKPOINT_NAME.fullmatch(checkpoint.name)
+    assert match is not None, checkpoint
+    return int(match.group(1))

@@ -30,8 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import os
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -49,6 +53,7 @@ except ImportError:  # pragma: no cover
 from agents.buffers import SequenceBatch
 from agents.config import TextPPOConfig
 from agents.distributed import Distributed
+from agents.interrupts import GracefulStop
 from agents.kl import KLController, kl_estimate, make_kl_controller
 from agents.losses import (
     at_last_token,
@@ -150,6 +155,8 @@ class TextPPO:
         self.dist.shard_env(self.env)
         self.num_timesteps = 0
         self.n_updates = 0
+        self._nonfinite_streak = 0  # updates in a row with non-finite rewards or losses
+        self._nonfinite_reason = ""
         self._total_timesteps = 0
         self._n_calls = 0
         self.history: list[dict[str, float]] = []
@@ -248,13 +255,25 @@ class TextPPO:
         tb_log_name: str = "TextPPO",
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        save_dir: str | os.PathLike[str] | None = None,
+        save_every: int | None = None,
+        keep_checkpoints: int = 2,
     ) -> TextPPO:
         """Train until ``total_timesteps`` more tokens have been generated (SB3 semantics).
 
         ``callback``: an SB3 callback, a list of them, or a function ``f(locals, globals) -> bool``.
+        ``save_dir``: a run directory; ``checkpoint-<updates>`` is saved there every ``save_every``
+        updates, on SIGINT/SIGTERM (the current update is finished first, then ``learn`` returns)
+        and at the end, keeping the ``keep_checkpoints`` newest.  ``TextPPO.load(save_dir)`` resumes
+        from the newest valid one.  Updates whose rewards or losses are not finite are skipped with a
+        warning; ``max_nonfinite_updates`` of them in a row raise :class:`NonFiniteError`.
         """
         if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps <= 0:
             raise ValueError(f"total_timesteps must be a positive integer (generated tokens), got {total_timesteps!r}")
+        if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+            raise ValueError(f"save_every must be a positive integer (updates) or None, got {save_every!r}")
+        if save_every is not None and save_dir is None:
+            raise ValueError("save_every needs save_dir= (the run directory the checkpoints go to)")
         if reset_num_timesteps:
             self.num_timesteps = 0
         self._total_timesteps = int(total_timesteps) + self.num_timesteps
@@ -266,26 +285,62 @@ class TextPPO:
 
             bar = tqdm(total=int(total_timesteps), unit="tok")
         cb.on_training_start(locals(), globals())
-        while self.num_timesteps < self._total_timesteps:
-            started = time.perf_counter()
-            before = self.num_timesteps
-            cb.on_rollout_start()
-            batch = self._collect(cb)
-            if batch is None:
-                break
-            cb.on_rollout_end()
-            rollout_s = time.perf_counter() - started
-            stats = self._update(batch)
-            stats["time/rollout_s"] = rollout_s
-            stats["time/update_s"] = time.perf_counter() - started - rollout_s
-            stats["time/tokens_per_s"] = (self.num_timesteps - before) / max(time.perf_counter() - started, 1e-9)
-            self._record(stats, log_interval)
-            if bar is not None:
-                bar.update(self.num_timesteps - before)
+        with GracefulStop() as stop:
+            while self.num_timesteps < self._total_timesteps:
+                started = time.perf_counter()
+                before = self.num_timesteps
+                cb.on_rollout_start()
+                batch = self._collect(cb)
+                if batch is None:
+                    break
+                cb.on_rollout_end()
+                rollout_s = time.perf_counter() - started
+                stats = self._update(batch)
+                stats["time/rollout_s"] = rollout_s
+                stats["time/update_s"] = time.perf_counter() - started - rollout_s
+                stats["time/tokens_per_s"] = (self.num_timesteps - before) / max(time.perf_counter() - started, 1e-9)
+                self._record(stats, log_interval)
+                if bar is not None:
+                    bar.update(self.num_timesteps - before)
+                if self._nonfinite_streak >= self.config.max_nonfinite_updates:
+                    self._stop_nonfinite(save_dir, keep_checkpoints)
+                stopping, _ = self.dist.reduce_flags_and_sums(stop.requested, [])  # a signal to any rank stops all
+                if save_dir is not None and (stopping or (save_every and self.n_updates % save_every == 0)):
+                    self.save_checkpoint(save_dir, keep_checkpoints)
+                if stopping:
+                    self.logger.log(f"TextPPO: stopped by a signal after update {self.n_updates}")
+                    break
+        if save_dir is not None:
+            self.save_checkpoint(save_dir, keep_checkpoints)  # a no-op when this update is already saved
         if bar is not None:
             bar.close()
         cb.on_training_end()
         return self
+
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None:
+        """Save ``save_dir/checkpoint-<updates>`` (rank 0 only) and keep the ``keep`` newest; its path."""
+        from agents.persistence import save_checkpoint
+
+        return save_checkpoint(self, save_dir, keep) if self.dist.is_main else None
+
+    def _stop_nonfinite(self, save_dir: str | os.PathLike[str] | None, keep: int) -> None:
+        """K updates in a row were non-finite: save the (never-updated-with-NaN) weights and raise."""
+        from agents.persistence import NonFiniteError, list_checkpoints
+
+        n = self._nonfinite_streak
+        where = "no save_dir was given; the agent's weights were never updated with non-finite values"
+        if save_dir is not None:
+            try:
+                self.save_checkpoint(save_dir, keep)
+            except NonFiniteError:  # weights went bad some other way: the older checkpoints stay
+                pass
+            good = list_checkpoints(save_dir)
+            where = f"last good checkpoint: {good[-1]}" if good else f"no checkpoint in {str(save_dir)!r}"
+        raise NonFiniteError(
+            f"{n} updates in a row had non-finite rewards or losses (last: {self._nonfinite_reason}); training "
+            f"stopped at update {self.n_updates}, {self.num_timesteps} tokens ({where}). Lower learning_rate, "
+            "check the reward function, or raise max_nonfinite_updates."
+        )
 
     def _init_callback(self, callback: Any) -> BaseCallback:
         if isinstance(callback, list):
@@ -388,8 +443,17 @@ class TextPPO:
         return stats
 
     def _update(self, batch: SequenceBatch) -> dict[str, float]:
-        """One PPO update on a rollout: prepare, then n_epochs over mini-batches."""
+        """One PPO update on a rollout: prepare, then n_epochs over mini-batches.
+
+        Non-finite values never reach the weights: a rollout with a NaN/inf reward skips the
+        whole update, a mini-batch whose loss or gradient norm is not finite skips its step.
+        """
         cfg, P = self.config, batch.prompt_len
+        bad_episodes = int((~torch.isfinite(batch.env_rewards.float())).any(dim=1).sum())
+        _, (bad_episodes,) = self.dist.reduce_flags_and_sums(False, [bad_episodes])
+        if bad_episodes:
+            self._note_nonfinite(f"{int(bad_episodes)} episode(s) with a non-finite reward in the rollout; update skipped")
+            return {"train/nonfinite_episodes": float(bad_episodes), "train/skipped_update": 1.0}
         stats = self._prepare(batch)
         lr = self.lr_schedule(1.0 - (self.num_timesteps - 0) / max(self._total_timesteps, 1))
         for group in self.policy.optimizer.param_groups:
@@ -397,7 +461,7 @@ class TextPPO:
         self.policy.set_training_mode(True)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         log: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "akl", "vclip", "gnorm")}
-        skipped, stopped, epochs_done = 0, False, 0
+        skipped, nonfinite, stopped, epochs_done = 0, 0, False, 0
         batch_size = cfg.batch_size or len(batch)
         for _epoch in range(cfg.n_epochs):
             for index in batch.minibatches(batch_size, self._torch_gen):
@@ -405,35 +469,46 @@ class TextPPO:
                 n_tok = self.dist.sum(mb.gen_mask.sum()).clamp(min=1)  # the mini-batch's tokens on every rank
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 parts: dict[str, float] = dict.fromkeys(("pg", "vf", "ent", "clip", "akl", "vclip"), 0.0)
-                bad = False
+                exploded = not_finite = False
                 for sl in self._chunks(len(mb)) if cfg.micro_batch_size else [slice(0, len(mb))]:
                     mask = mb.gen_mask[sl]
                     with self._ctx():
                         logp, entropy, values = self.policy.sequence_forward(mb.input_ids[sl], mb.attention_mask[sl], P)
                     pol = clipped_policy_loss(logp, mb.old_logp[sl], mb.advantages[sl], mask, cfg.clip_range)
-                    if not torch.isfinite(pol.ratio_mean) or float(pol.ratio_mean) > cfg.ratio_threshold:
-                        bad = True
-                        break
                     vloss, vclip = clipped_value_loss(values, mb.values[sl], mb.returns[sl], mask, cfg.clip_range_vf)
                     ent = masked_mean(entropy, mask)
                     weight = mask.sum() / n_tok
                     # x world_size: the gradient all-reduce averages, so the sum over ranks is a global token mean
                     loss = (pol.loss + cfg.vf_coef * vloss - cfg.ent_coef * ent) * (weight * self.dist.world_size)
+                    ratio, loss_value = torch.stack([pol.ratio_mean.detach(), loss.detach()]).float().tolist()
+                    if not (math.isfinite(ratio) and math.isfinite(loss_value)):
+                        not_finite = True
+                        break
+                    if ratio > cfg.ratio_threshold:
+                        exploded = True
+                        break
                     loss.backward()
                     w = float(weight)
                     for key, val in (("pg", pol.loss), ("vf", vloss), ("ent", ent), ("clip", pol.clip_fraction),
                                      ("akl", pol.approx_kl), ("vclip", vclip)):  # fmt: skip
                         parts[key] += float(val.detach()) * w
-                if self.dist.enabled:  # one decision for all ranks: any rank's exploded ratio skips everywhere
-                    bad, sums = self.dist.reduce_flags_and_sums(bad, list(parts.values()))
-                    parts = dict(zip(parts, sums))
-                if bad:
-                    skipped += 1
+                if self.dist.enabled:  # one decision for all ranks: any rank's bad mini-batch skips everywhere
+                    exploded, sums = self.dist.reduce_flags_and_sums(exploded, [*parts.values(), float(not_finite)])
+                    parts, not_finite = dict(zip(parts, sums[:-1])), sums[-1] > 0
+                if exploded or not_finite:
                     self.policy.optimizer.zero_grad(set_to_none=True)
-                    self.logger.log(f"TextPPO: skipped a mini-batch whose importance ratios exploded (update {self.n_updates})")
+                    if not_finite:
+                        nonfinite += 1
+                    else:
+                        skipped += 1
+                        self.logger.log(f"TextPPO: skipped a mini-batch whose importance ratios exploded (update {self.n_updates})")
                     continue
                 self.dist.all_reduce_gradients(params)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if not torch.isfinite(gnorm):  # the same reduced gradients on every rank: the same decision
+                    self.policy.optimizer.zero_grad(set_to_none=True)
+                    nonfinite += 1
+                    continue
                 self.policy.optimizer.step()
                 for key, val in parts.items():
                     log[key].append(val)
@@ -444,6 +519,13 @@ class TextPPO:
             epochs_done += 1
             if stopped:
                 break
+        if nonfinite:
+            self._note_nonfinite(f"{nonfinite} mini-batch step(s) with a non-finite loss or gradient skipped")
+            if not log["gnorm"]:  # not one step taken: the update is skipped as a whole
+                self.policy.set_training_mode(False)
+                return {**stats, "train/nonfinite_minibatches": float(nonfinite), "train/skipped_update": 1.0}
+        else:
+            self._nonfinite_streak = 0
         self.policy.set_training_mode(False)
         self.n_updates += 1
         mask = batch.gen_mask
@@ -459,6 +541,7 @@ class TextPPO:
                 "train/grad_norm": _mean(log["gnorm"]),
                 "train/explained_variance": explained_variance(batch.values, batch.returns, mask),
                 "train/skipped_minibatches": float(skipped),
+                "train/nonfinite_minibatches": float(nonfinite),
                 "train/early_stop_epoch": float(epochs_done if stopped else -1),
                 "train/learning_rate": float(lr),
                 "train/clip_range": cfg.clip_range,
@@ -466,6 +549,16 @@ class TextPPO:
             }
         )
         return stats
+
+    def _note_nonfinite(self, reason: str) -> None:
+        self._nonfinite_streak += 1
+        self._nonfinite_reason = reason
+        warnings.warn(
+            f"TextPPO update {self.n_updates}: {reason} "
+            f"({self._nonfinite_streak} update(s) in a row; stopping at {self.config.max_nonfinite_updates})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _record(self, stats: dict[str, float], log_interval: int) -> None:
         stats["time/total_timesteps"] = float(self.num_timesteps)

@@ -29,6 +29,7 @@ from agents.distributed import (
     timeout_seconds,
 )
 from agents.losses import masked_mean, masked_whiten
+from agents.persistence import newest_checkpoint
 from textgym.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ WORKER = textwrap.dedent(
         agent = Probe("LMPolicy", env, model="tiny-random", seed=0, learning_rate=1e-3, n_epochs=2,
                       kl_target=0.5, verbose=1)
         # "stop": a callback on rank 0 (callbacks run there only) ends training during the second rollout
-        callback = (lambda local_vars, global_vars: local_vars["self"].num_timesteps < 30) if mode == "stop" else None
+        callback = (lambda local_vars, global_vars: local_vars["self"].n_updates < 1) if mode == "stop" else None
         agent.learn(total_timesteps=int(sys.argv[3]), callback=callback, progress_bar=True)
         agent.save(out / f"checkpoint_rank{rank}")
     """
@@ -174,7 +175,7 @@ def test_cli_train_under_torchrun(tmp_path: Path) -> None:
     out0, _ = _rank_logs(tmp_path, 0)
     out1, _ = _rank_logs(tmp_path, 1)
     assert out0.count("saved run") == 1 and "saved" not in out1
-    meta = json.loads((tmp_path / "run" / "textppo.json").read_text())
+    meta = json.loads((newest_checkpoint(tmp_path / "run") / "textppo.json").read_text())
     assert meta["num_timesteps"] >= 30
     assert meta["num_timesteps"] > 12 * meta["n_updates"], "one process makes at most 2 envs x 6 tokens per update"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "run"]
@@ -194,7 +195,7 @@ def test_cli_train_under_accelerate_launch(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("saved run") == 1
-    meta = json.loads((tmp_path / "run" / "textppo.json").read_text())
+    meta = json.loads((newest_checkpoint(tmp_path / "run") / "textppo.json").read_text())
     assert meta["num_timesteps"] > 12 * meta["n_updates"], "only one process trained"
 
 

@@ -38,10 +38,13 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     config.write_text("model: tiny-random\nnum_envs: 4\nppo: {learning_rate: 0.001, n_epochs: 1, verbose: 0}\n")
     out = tmp_path / "copy"
     assert main(["train", "textgym/Copy-v0", "--config", str(config), "--timesteps", "20", "--out", str(out)]) == 0
-    assert "saved" in capsys.readouterr().out and (out / "textppo.json").is_file()
-    assert main(["eval", "textgym/Copy-v0", "--checkpoint", str(out), "--episodes", "4", "--num-envs", "4"]) == 0
-    text = capsys.readouterr().out
-    assert "4 samples" in text and "copy_accuracy" in text
+    assert "saved" in capsys.readouterr().out and (out / "checkpoint-000001" / "textppo.json").is_file()
+    for checkpoint in (out, out / "checkpoint-000001"):  # a run directory or one of its checkpoints
+        assert main(["eval", "textgym/Copy-v0", "--checkpoint", str(checkpoint), "--episodes", "4", "--num-envs", "4"]) == 0
+        text = capsys.readouterr().out
+        assert "4 samples" in text and "copy_accuracy" in text
+    with pytest.raises(ConfigError, match="already holds checkpoints of a run; continue it with --resume"):
+        main(["train", "textgym/Copy-v0", "--config", str(config), "--out", str(out)])
 
 
 def test_bad_run_config(tmp_path: Path) -> None:
