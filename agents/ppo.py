@@ -453,7 +453,9 @@ class TextPPO:
         _, (bad_episodes,) = self.dist.reduce_flags_and_sums(False, [bad_episodes])
         if bad_episodes:
             self._note_nonfinite(f"{int(bad_episodes)} episode(s) with a non-finite reward in the rollout; update skipped")
-            return {"train/nonfinite_episodes": float(bad_episodes), "train/skipped_update": 1.0}
+            nan = float("nan")  # the rollout's means are undefined; NaN keeps every history entry's keys
+            return {"rollout/ep_rew_mean": nan, "rollout/ep_len_mean": nan, "rollout/kl_ref": nan,
+                    "train/nonfinite_episodes": float(bad_episodes), "train/skipped_update": 1.0}  # fmt: skip
         stats = self._prepare(batch)
         lr = self.lr_schedule(1.0 - (self.num_timesteps - 0) / max(self._total_timesteps, 1))
         for group in self.policy.optimizer.param_groups:

@@ -5,12 +5,14 @@
 * random reset/step interleavings obey the Gymnasium contract;
 * dense rewards always sum to the sparse reward.
 
-Examples per env and property: ``EXAMPLES`` (the note in the PR reports them).
+Examples per env and property: ``EXAMPLES`` (12; ``TEXTGYM_HYPOTHESIS_EXAMPLES=500``
+for a deeper hunt outside CI).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from functools import cache
 
 import gymnasium as gym
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from tests.conftest import TINY, builtin_ids
 
 IDS = builtin_ids()
-EXAMPLES = 12
+EXAMPLES = int(os.environ.get("TEXTGYM_HYPOTHESIS_EXAMPLES", "12"))
 MAX_NEW = 6
 SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -153,7 +154,7 @@ def test_a_non_finite_reward_skips_one_update_and_training_goes_on(monkeypatch) 
     before = agent.policy.lm.lm_head.weight.detach().clone()
     with pytest.warns(RuntimeWarning, match=r"1 episode\(s\) with a non-finite reward in the rollout; update skipped"):
         agent.learn(40)
-    assert agent.history[0]["train/skipped_update"] == 1.0
+    assert agent.history[0]["train/skipped_update"] == 1.0 and np.isnan(agent.history[0]["rollout/ep_rew_mean"])
     assert agent.n_updates == len(calls) - 1 >= 1 and agent._nonfinite_streak == 0
     assert not torch.equal(before, agent.policy.lm.lm_head.weight)  # the later updates trained
 
