@@ -56,6 +56,9 @@ class TextPPOConfig:
     """Subtracted from the score of episodes that hit max_new_tokens without emitting EOS."""
     ratio_threshold: float = 10.0
     """Skip a mini-batch whose mean importance ratio exceeds this (or is not finite), and log it."""
+    history_size: int = 1000
+    """Per-update statistics kept in ``agent.history``; when full, every other older entry is dropped, so
+    memory stays bounded and the history still spans the whole run (the full log goes to the SB3 logger)."""
     max_nonfinite_updates: int = 3
     """Updates in a row with NaN/inf rewards or losses (each skipped) before training stops with an error."""
     temperature: float = 1.0
@@ -81,7 +84,7 @@ class TextPPOConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
-        for name in ("n_rollouts", "n_epochs", "kl_horizon", "max_nonfinite_updates"):
+        for name in ("n_rollouts", "n_epochs", "kl_horizon", "max_nonfinite_updates", "history_size"):
             positive_int(name)
         for name in ("batch_size", "micro_batch_size"):
             positive_int(name, allow_none=True)

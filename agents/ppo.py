@@ -565,6 +565,8 @@ class TextPPO:
     def _record(self, stats: dict[str, float], log_interval: int) -> None:
         stats["time/total_timesteps"] = float(self.num_timesteps)
         self.history.append(dict(stats))
+        if len(self.history) > self.config.history_size:  # thin out: the newest and every other one before it
+            self.history = self.history[::-2][::-1]
         for key, value in stats.items():
             self.logger.record(key, value)
         if log_interval and self.n_updates % log_interval == 0:
