@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 
 import gymnasium as gym
@@ -29,7 +30,8 @@ from agents import TextPPO
 
 
 class RSSSampler(BaseCallback):
-    """Samples the process RSS every ``every`` seconds; stops training after ``seconds``."""
+    """Samples the process RSS every ``every`` seconds (a thread: regular even when updates are long)
+    and stops training after ``seconds``."""
 
     def __init__(self, every: float, seconds: float) -> None:
         super().__init__()
@@ -37,23 +39,32 @@ class RSSSampler(BaseCallback):
         self.process = psutil.Process()
         self.samples: list[tuple[float, float, int]] = []  # (minutes, RSS MB, updates)
         self.start = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         minutes = (time.monotonic() - self.start) / 60
         rss = self.process.memory_info().rss / 2**20
         self.samples.append((minutes, rss, self.model.n_updates))
         print(f"{minutes:7.2f} min  RSS {rss:9.1f} MB  updates {self.model.n_updates:6d}  "
               f"tokens {self.model.num_timesteps:9d}", flush=True)  # fmt: skip
 
+    def _loop(self) -> None:
+        while not self._done.wait(self.every):
+            self.sample()
+
     def _on_training_start(self) -> None:
         self.start = time.monotonic()
-        self._sample()
+        self.sample()
+        self._thread.start()
+
+    def _on_training_end(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sample()
 
     def _on_step(self) -> bool:
-        elapsed = time.monotonic() - self.start
-        if elapsed >= len(self.samples) * self.every:
-            self._sample()
-        return elapsed < self.seconds
+        return time.monotonic() - self.start < self.seconds
 
 
 def slope(samples: list[tuple[float, float, int]], warmup: float) -> tuple[float, float, int]:
@@ -88,7 +99,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="textgym-soak-") as run:
         agent.learn(10**12, callback=sampler, save_dir=run if args.save_every else None,
                     save_every=args.save_every or None)  # fmt: skip
-    sampler._sample()
     per_min, mean, n = slope(sampler.samples, args.warmup)
     print(f"\n{args.env} {args.model}: {agent.n_updates} updates, {agent.num_timesteps} tokens in {args.minutes:g} min")
     print(f"RSS slope after {args.warmup:g} min warm-up ({n} samples): {per_min:+.2f} MB/min "
