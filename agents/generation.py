@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from agents.policies import positions_from_mask
-from agents.sampling import sample_tokens
+from agents.sampling import generator_on, sample_tokens
 
 if TYPE_CHECKING:
     from agents.ppo import TextPPO
@@ -53,16 +53,19 @@ def generate_texts(
         attn[i, width - len(e) :] = 1
     policy.set_training_mode(False)
     logits, past = policy.decode_step(ids, attn, positions_from_mask(attn))
-    done = torch.zeros(len(encoded), dtype=torch.bool, device=device)
+    generator = generator_on(agent._torch_gen, device)  # draws where the logits are (CUDA too)
+    done = [False] * len(encoded)
     outputs: list[list[int]] = [[] for _ in encoded]
     for _ in range(max_new):
-        tokens = policy.to_token(sample_tokens(policy.filtered_logits(logits), agent._torch_gen, deterministic))
-        for i in torch.nonzero(~done).squeeze(1).tolist():
-            if int(tokens[i]) == setup.eos_id:
+        tokens = policy.to_token(sample_tokens(policy.filtered_logits(logits), generator, deterministic))
+        for i, token in enumerate(tokens.tolist()):  # one host copy per step
+            if done[i]:
+                continue
+            if token == setup.eos_id:
                 done[i] = True
             else:
-                outputs[i].append(int(tokens[i]))
-        if bool(done.all()):
+                outputs[i].append(token)
+        if all(done):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         logits, past = policy.decode_step(tokens.unsqueeze(1), attn, attn.sum(1, keepdim=True) - 1, past)

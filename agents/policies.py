@@ -244,7 +244,11 @@ class LMPolicy(ActorCriticPolicy):
         self.register_buffer("allowed_ids", allowed, persistent=False)
         self.register_buffer("token_slot", slots, persistent=False)
         params = [p for p in self.parameters() if p.requires_grad]
-        self.optimizer = self.optimizer_class(params, lr=lr_schedule(1), **self.optimizer_kwargs)
+        kwargs = dict(self.optimizer_kwargs)
+        if self.optimizer_class in (torch.optim.Adam, torch.optim.AdamW) and not {"foreach", "fused"} & set(kwargs):
+            # One fused kernel for all parameters: on the CPU the per-tensor default step is ~5x slower.
+            kwargs["fused"] = True
+        self.optimizer = self.optimizer_class(params, lr=lr_schedule(1), **kwargs)
 
     @property
     def base_lm(self) -> nn.Module:

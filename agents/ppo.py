@@ -155,6 +155,7 @@ class TextPPO:
         self.dist.shard_env(self.env)
         self.num_timesteps = 0
         self.n_updates = 0
+        self.stopped_by_signal = False
         self._nonfinite_streak = 0  # updates in a row with non-finite rewards or losses
         self._nonfinite_reason = ""
         self._total_timesteps = 0
@@ -285,6 +286,7 @@ class TextPPO:
 
             bar = tqdm(total=int(total_timesteps), unit="tok")
         cb.on_training_start(locals(), globals())
+        self.stopped_by_signal = False  # True when SIGINT/SIGTERM ended this call (callers looping on learn stop too)
         with GracefulStop() as stop:
             while self.num_timesteps < self._total_timesteps:
                 started = time.perf_counter()
@@ -308,6 +310,7 @@ class TextPPO:
                 if save_dir is not None and (stopping or (save_every and self.n_updates % save_every == 0)):
                     self.save_checkpoint(save_dir, keep_checkpoints)
                 if stopping:
+                    self.stopped_by_signal = True
                     self.logger.log(f"TextPPO: stopped by a signal after update {self.n_updates}")
                     break
         if save_dir is not None:

@@ -20,7 +20,7 @@ import torch
 
 from agents.buffers import SequenceBatch
 from agents.policies import LMPolicy, first_real_column, positions_from_mask
-from agents.sampling import sample_tokens
+from agents.sampling import generator_on, sample_tokens
 from textgym.errors import ConfigError
 from textgym.rollout import filler_token, slot_info
 
@@ -49,32 +49,36 @@ def generate_batch(
             "lockstep KV-cache rollouts support single-turn episodes only, e.g. Dialogue-v0 with turns=1"
         )
     device = policy.device
+    generator = generator_on(generator, device)
     P, T, N = setup.max_prompt_tokens, setup.max_new_tokens, env.num_envs
-    eos = setup.eos_id
     placeholder = filler_token(setup)
-    prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
-    attn = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
-    gen = torch.full((N, T), eos, dtype=torch.long, device=device)
-    gen_mask = torch.zeros((N, T), dtype=torch.long, device=device)
-    env_rewards = torch.zeros((N, T), dtype=torch.float32)
+    # Per-step bookkeeping stays on the host, where the env's results are: the only copies per
+    # step are the sampled tokens to the host and the tokens fed back to the model.
+    gen = np.full((N, T), setup.eos_id, dtype=np.int64)
+    gen_mask = np.zeros((N, T), dtype=np.int64)
+    env_rewards = np.zeros((N, T), dtype=np.float32)
     done = np.zeros(N, dtype=bool)
     eos_end = np.zeros(N, dtype=bool)
     finals: list[dict[str, Any]] = [{} for _ in range(N)]
     ctx = autocast if autocast is not None else _null
-    start = first_real_column(attn)  # padding columns shared by every row are skipped
-    attn = attn[:, start:]
+    prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=device)
+    prompt_mask = torch.as_tensor(obs["attention_mask"][:, :P], device=device)
+    start = first_real_column(prompt_mask)  # padding columns shared by every row are skipped
+    L = P - start
+    # The cache's mask: the prompt, then one column per step (finished slots keep feeding placeholders).
+    attn = torch.cat([prompt_mask[:, start:], prompt_mask.new_ones((N, T))], dim=1)
+    next_position = attn[:, :L].sum(1, keepdim=True)
     with ctx():
-        logits, past = policy.decode_step(prompt_ids[:, start:], attn, positions_from_mask(attn))
+        logits, past = policy.decode_step(prompt_ids[:, start:], attn[:, :L], positions_from_mask(attn[:, :L]))
     for t in range(T):
         tokens = policy.to_token(sample_tokens(policy.filtered_logits(logits), generator, deterministic))
-        running = torch.as_tensor(~done, device=device)
-        gen[running, t] = tokens[running]
-        gen_mask[running, t] = 1
-        actions = tokens.cpu().numpy().astype(np.int64)
+        actions = tokens.cpu().numpy()
+        live = ~done
+        gen[live, t] = actions[live]
+        gen_mask[live, t] = 1
         actions[done] = placeholder
         _, rewards, terminated, truncated, infos = env.step(actions)
-        live = ~done
-        env_rewards[torch.as_tensor(live), t] = torch.as_tensor(rewards[live], dtype=torch.float32)
+        env_rewards[live, t] = rewards[live]
         ended = (terminated | truncated) & live
         for slot in np.flatnonzero(ended):
             finals[slot] = slot_info(infos, int(slot))
@@ -86,14 +90,13 @@ def generate_batch(
         if done.all():
             break
         feed = torch.as_tensor(actions, device=device).unsqueeze(1)
-        attn = torch.cat([attn, torch.ones_like(feed)], dim=1)
         with ctx():
-            logits, past = policy.decode_step(feed, attn, attn.sum(1, keepdim=True) - 1, past)
+            logits, past = policy.decode_step(feed, attn[:, : L + t + 1], next_position + t, past)
     return SequenceBatch(
-        input_ids=torch.cat([prompt_ids, gen], dim=1),
-        attention_mask=torch.cat([torch.as_tensor(obs["attention_mask"][:, :P], device=device), gen_mask], dim=1),
+        input_ids=torch.cat([prompt_ids, torch.as_tensor(gen, device=device)], dim=1),
+        attention_mask=torch.cat([prompt_mask, torch.as_tensor(gen_mask, device=device)], dim=1),
         prompt_len=P,
-        env_rewards=env_rewards.to(device),
+        env_rewards=torch.as_tensor(env_rewards, device=device),
         ended_with_eos=torch.as_tensor(eos_end, device=device),
         infos=finals,
     )

@@ -37,7 +37,7 @@ def test_train_then_eval(tmp_path: Path, capsys) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("model: tiny-random\nnum_envs: 4\nppo: {learning_rate: 0.001, n_epochs: 1, verbose: 0}\n")
     out = tmp_path / "copy"
-    assert main(["train", "textgym/Copy-v0", "--config", str(config), "--timesteps", "20", "--out", str(out)]) == 0
+    assert main(["train", "textgym/Copy-v0", "--config", str(config), "--timesteps", "1", "--out", str(out)]) == 0
     assert "saved" in capsys.readouterr().out and (out / "checkpoint-000001" / "textppo.json").is_file()
     for checkpoint in (out, out / "checkpoint-000001"):  # a run directory or one of its checkpoints
         assert main(["eval", "textgym/Copy-v0", "--checkpoint", str(checkpoint), "--episodes", "4", "--num-envs", "4"]) == 0

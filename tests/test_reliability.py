@@ -96,6 +96,7 @@ def test_sigterm_finishes_the_update_saves_and_returns(tmp_path: Path) -> None:
     handler = signal.getsignal(signal.SIGTERM)
     agent.learn(10_000, callback=signal_mid_rollout, save_dir=tmp_path / "run")
     assert agent.n_updates == 1 and agent.num_timesteps < 10_000  # the update of that rollout, then stop
+    assert agent.stopped_by_signal
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-000001"]
     assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
 

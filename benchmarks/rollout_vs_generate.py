@@ -1,0 +1,118 @@
+"""Rollout overhead: tokens/s of a TextPPO rollout through the env vs a bare ``model.generate``.
+
+    python benchmarks/rollout_vs_generate.py                        # SmolLM2-135M-Instruct, batch 8, 32 new tokens
+    python benchmarks/rollout_vs_generate.py --model tiny-random    # where the per-step overheads dominate
+
+Both sides use the same model object, the same prompts (one ``reset`` of
+``gym.make_vec(--env, num_envs=--batch)`` per repeat, left-padded by the env,
+padding columns shared by every row dropped on both sides) and the same
+sampling distribution (temperature 1, top_k 0, top_p 1, multinomial sampling,
+no other logits processor, stop at EOS):
+
+(a) ``model.generate`` with its KV cache, from the prompt tensors;
+(b) ``agents.rollout.generate_batch(policy, env, obs)`` as TextPPO runs it: the
+    env ``reset`` that builds the observations, one ``env.step`` per token,
+    the rewards (chrF on Translation-v0) and the final infos, ``LMPolicy`` with
+    its KV cache.
+
+Sampling stops at EOS on both sides, so each side reports the tokens it
+actually generated (EOS included, nothing after it) per second.  The repeats
+alternate (a) and (b); the ratio is the median of the per-repeat ratios b/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from transformers import GenerationConfig
+
+import textgym  # noqa: F401  (registers the env ids)
+from agents.policies import LMPolicy, first_real_column
+from agents.rollout import generate_batch
+from textgym.models import load_model
+
+
+def generated_tokens(new_tokens: torch.Tensor, eos: int) -> int:
+    """Tokens of each row up to and including its first EOS (``generate`` pads the rest with EOS)."""
+    is_eos = new_tokens == eos
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new_tokens.shape[1])
+    return int(first.sum())
+
+
+def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: GenerationConfig, prompt_len: int) -> tuple[int, float]:
+    ids = torch.as_tensor(obs["input_ids"][:, :prompt_len])
+    mask = torch.as_tensor(obs["attention_mask"][:, :prompt_len])
+    start = first_real_column(mask)  # the rollout drops the same shared padding columns
+    ids, mask = ids[:, start:], mask[:, start:]
+    began = time.perf_counter()
+    with torch.no_grad():
+        out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    elapsed = time.perf_counter() - began
+    return generated_tokens(out[:, ids.shape[1] :], config.eos_token_id), elapsed
+
+
+def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator) -> tuple[int, float]:
+    began = time.perf_counter()
+    obs, _ = env.reset(seed=seed)
+    batch = generate_batch(policy, env, obs, generator=generator)
+    elapsed = time.perf_counter() - began
+    return int(batch.gen_mask.sum()), elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--env", default="textgym/Translation-v0")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5, help="alternating (a)/(b) pairs after one warm-up pair")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    env = gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
+    setup = env.unwrapped.setup
+    lm = load_model(args.model).eval()
+    policy = LMPolicy(
+        env.single_observation_space, env.single_action_space, lambda _: 0.0, model=lm,
+        temperature=1.0, top_k=0, top_p=1.0, action_mask=setup.action_mask,
+    )  # fmt: skip
+    policy.set_training_mode(False)
+    if setup.action_mask is not None and not setup.action_mask.all():
+        raise SystemExit(f"{args.env} has an action mask; model.generate would need the same logits processor")
+    config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=setup.max_new_tokens,
+        eos_token_id=setup.eos_id, pad_token_id=setup.eos_id,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(args.seed)
+
+    rates: dict[str, list[float]] = {"generate": [], "rollout": []}
+    counts: dict[str, list[int]] = {"generate": [], "rollout": []}
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up both paths
+        seed = args.seed + repeat
+        obs, _ = env.reset(seed=seed)  # the prompts the rollout's own reset will produce
+        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens)
+        n_roll, s_roll = time_rollout(policy, env, seed, generator)
+        if repeat:
+            rates["generate"].append(n_gen / s_gen)
+            rates["rollout"].append(n_roll / s_roll)
+            counts["generate"].append(n_gen)
+            counts["rollout"].append(n_roll)
+    ratio = statistics.median(r / g for r, g in zip(rates["rollout"], rates["generate"]))
+    print(f"{args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
+          f"{args.repeats} alternating repeats, torch {torch.__version__}, {args.threads} thread(s)")  # fmt: skip
+    for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout")):
+        print(f"{label:<22} {statistics.median(rates[name]):>9.1f} tokens/s (median; "
+              f"tokens per repeat {counts[name]})")  # fmt: skip
+    print(f"ratio b/a {ratio:.3f} (median of per-repeat ratios; floor 0.9 with the default model)")
+
+
+if __name__ == "__main__":
+    main()
