@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
         agent.save_checkpoint(out, args.keep)
     if not agent.dist.is_main:
         return 0
-    last = next((h for h in reversed(agent.history) if "rollout/ep_rew_mean" in h), {})
+    last = agent.history[-1] if agent.history else {}
     print(f"saved {list_checkpoints(out)[-1]}: {agent.n_updates} updates, {agent.num_timesteps} tokens, "
           f"last reward {last.get('rollout/ep_rew_mean', float('nan')):.4f}, "
           f"KL to reference {last.get('rollout/kl_ref', float('nan')):.4f}")  # fmt: skip
@@ -160,10 +160,10 @@ def eval_command(args: argparse.Namespace) -> int:
 
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
-        if list_checkpoints(path) and not (path / "textppo.json").is_file():
-            path = newest_checkpoint(path)  # a run directory
         if (path / "textppo.json").is_file():
             check_checkpoint(path)
+        elif list_checkpoints(path):
+            path = newest_checkpoint(path)  # a run directory: its newest checkpoint that passes the checks
         elif not (path / "config.json").is_file():
             from agents.persistence import CheckpointError
 

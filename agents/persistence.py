@@ -211,7 +211,12 @@ def load_agent(cls: type[TextPPO], path: str | os.PathLike[str], env: Any, devic
 
 def newest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     """The newest checkpoint of a run directory that passes :func:`check_checkpoint` (broken ones are reported)."""
-    return _newest_valid(Path(run_dir), lambda candidate: (check_checkpoint(candidate), candidate)[1])
+
+    def checked(candidate: Path) -> Path:
+        check_checkpoint(candidate)
+        return candidate
+
+    return _newest_valid(Path(run_dir), checked)
 
 
 def _newest_valid(root: Path, attempt: Callable[[Path], T]) -> T:

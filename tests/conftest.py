@@ -27,3 +27,14 @@ def random_actions(env, rng: np.random.Generator, n: int | None = None) -> np.nd
 @pytest.fixture
 def tiny() -> str:
     return TINY
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny matrices gain nothing from threads and contend on a shared CPU."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

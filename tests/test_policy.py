@@ -15,13 +15,7 @@ from agents.rollout import generate_batch
 from agents.sb3_adapter import SB3VecEnv
 from textgym.errors import ModelError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add contention
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

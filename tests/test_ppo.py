@@ -21,12 +21,7 @@ from textgym.errors import ModelError
 FAST = {"model": "tiny-random", "learning_rate": 1e-3, "verbose": 0, "n_epochs": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add contention on a shared CPU
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def copy_env(n: int = 8, **kwargs):

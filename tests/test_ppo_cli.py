@@ -8,18 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from agents.cli import add_commands, load_run_config, main
 from textgym.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_commands_register_without_heavy_imports() -> None:

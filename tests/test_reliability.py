@@ -31,12 +31,7 @@ ROOT = Path(__file__).parents[1]
 TRAIN = ["train", "textgym/Copy-v0", "--model", "tiny-random", "--num-envs", "4", "--timesteps", "60", "--save-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

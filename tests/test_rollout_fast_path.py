@@ -12,13 +12,7 @@ from agents import LMPolicy
 from agents.rollout import generate_batch
 from agents.sampling import log_probs_and_entropy, sample_tokens
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sample_tokens_draws_from_the_filtered_distribution() -> None:
