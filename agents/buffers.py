@@ -26,7 +26,9 @@ class SequenceBatch:
         env_rewards: (B, T) the env's reward of each step (sparse: the score at the last token).
         ended_with_eos: (B,) True when the episode terminated on EOS (False: cut at max_new_tokens).
         infos: the final info dict of each episode (text, metrics).
-        old_logp, ref_logp, values, advantages, returns, rewards: (B, T) filled before the update.
+        old_logp, values: (B, T) the rollout policy's log-prob of each generated token and the critic's
+            value before it, recorded by the rollout (None: recomputed before the update).
+        ref_logp, advantages, returns, rewards: (B, T) filled before the update.
     """
 
     input_ids: torch.Tensor
@@ -71,9 +73,17 @@ class SequenceBatch:
             values[f.name] = value
         return SequenceBatch(**values)
 
-    def minibatches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Shuffled row indices in chunks of ``batch_size`` (the last one may be smaller)."""
-        order = torch.randperm(len(self), generator=generator)
+    def minibatches(
+        self, batch_size: int, generator: torch.Generator | None = None, group_size: int = 1
+    ) -> Iterator[torch.Tensor]:
+        """Shuffled row indices in chunks of ``batch_size`` (the last one may be smaller).
+
+        Rows ``[k*group_size, (k+1)*group_size)`` (completions of one prompt) are shuffled as a
+        block and stay consecutive, so a chunk of a multiple of ``group_size`` rows holds whole
+        groups and encodes each prompt once.
+        """
+        groups = torch.randperm(len(self) // group_size, generator=generator)
+        order = (groups.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
         yield from order.split(batch_size)
 
     @staticmethod

@@ -20,6 +20,13 @@ class TextPPOConfig:
     """Adam step size, or a schedule ``f(progress_remaining)`` (1 at the start, 0 at the end)."""
     n_rollouts: int = 1
     """Lockstep rollout batches (of ``num_envs`` episodes each) collected per update."""
+    group_size: int = 1
+    """Completions sampled per prompt: a rollout's ``num_envs`` slots hold ``num_envs // group_size``
+    drawn prompts, each ``group_size`` times (``num_envs`` must be a multiple).  With more than one,
+    each episode's score is centred on the mean score of the other completions of its prompt (the
+    leave-one-out baseline: the advantages then compare answers to the same prompt, not easy prompts to
+    hard ones), and every forward pass encodes each prompt once for its group (mini-batches shuffle
+    whole groups: make ``batch_size`` and ``micro_batch_size`` multiples of ``group_size``)."""
     batch_size: int | None = None
     """Sequences per optimizer step (mini-batch); None = the whole rollout (one step per epoch)."""
     micro_batch_size: int | None = None
@@ -84,7 +91,7 @@ class TextPPOConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
-        for name in ("n_rollouts", "n_epochs", "kl_horizon", "max_nonfinite_updates", "history_size"):
+        for name in ("n_rollouts", "group_size", "n_epochs", "kl_horizon", "max_nonfinite_updates", "history_size"):
             positive_int(name)
         for name in ("batch_size", "micro_batch_size"):
             positive_int(name, allow_none=True)

@@ -52,7 +52,7 @@ def generate_texts(
         ids[i, width - len(e) :] = torch.tensor(e, dtype=torch.long)
         attn[i, width - len(e) :] = 1
     policy.set_training_mode(False)
-    logits, past = policy.decode_step(ids, attn, positions_from_mask(attn))
+    logits, past, _ = policy.decode_step(ids, attn, positions_from_mask(attn))
     generator = generator_on(agent._torch_gen, device)  # draws where the logits are (CUDA too)
     done = [False] * len(encoded)
     outputs: list[list[int]] = [[] for _ in encoded]
@@ -68,5 +68,5 @@ def generate_texts(
         if all(done):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        logits, past = policy.decode_step(tokens.unsqueeze(1), attn, attn.sum(1, keepdim=True) - 1, past)
+        logits, past, _ = policy.decode_step(tokens.unsqueeze(1), attn, attn.sum(1, keepdim=True) - 1, past)
     return tokenizer.batch_decode(outputs, skip_special_tokens=True)

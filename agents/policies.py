@@ -139,6 +139,54 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_groups(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that share a prompt: ``(first, inverse)`` with ``ids[first][inverse] == ids`` (and the same
+    for ``mask``), or None when every row's prompt is its own."""
+    key = torch.cat([ids, mask.to(ids.dtype)], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if unique.shape[0] == ids.shape[0]:
+        return None
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    first = torch.zeros(unique.shape[0], dtype=torch.long, device=ids.device).scatter_(0, inverse, rows)
+    return first, inverse
+
+
+def select_cache_rows(cache: Any, index: torch.Tensor) -> Any:
+    """The KV cache of rows ``index`` (rows may repeat); differentiable, so a shared prompt's
+    keys and values receive the gradients of every completion that attends to them."""
+    if hasattr(cache, "batch_select_indices"):  # transformers' Cache classes
+        cache.batch_select_indices(index)
+        return cache
+    return tuple(tuple(t[index] for t in layer) for layer in cache)  # legacy tuple-of-tuples format
+
+
+def shared_prefix_forward(
+    decoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int, use_cache: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Hidden states (and, with ``use_cache``, the KV cache) of a left-padded batch whose first
+    ``prompt_len`` columns are a prompt, encoding each distinct prompt once.
+
+    With k completions per prompt the prompt's tokens go through the transformer once instead of
+    k times; the completions then attend to its (repeated, differentiable) KV cache.  Without
+    shared prompts this is a plain forward.  Gradient checkpointing in training needs the plain
+    forward (transformers turns the cache off there).
+    """
+    positions = positions_from_mask(mask)
+    groups = prompt_groups(ids[:, :prompt_len], mask[:, :prompt_len]) if prompt_len > 0 else None
+    checkpointing = getattr(decoder, "gradient_checkpointing", False) and decoder.training
+    if groups is None or checkpointing:
+        return run_decoder(decoder, ids, mask, positions, use_cache=use_cache)
+    first, inverse = groups
+    P = prompt_len
+    hidden, cache = run_decoder(decoder, ids[first, :P], mask[first, :P], positions[first, :P], use_cache=True)
+    cache = select_cache_rows(cache, inverse)
+    hidden = hidden[inverse]
+    if ids.shape[1] == P:
+        return hidden, (cache if use_cache else None)
+    rest, cache = run_decoder(decoder, ids[:, P:], mask, positions[:, P:], cache, use_cache=True)
+    return torch.cat([hidden, rest], dim=1), (cache if use_cache else None)
+
+
 class LMPolicy(ActorCriticPolicy):
     """Causal LM + value head as an SB3 ``ActorCriticPolicy`` (see the module docstring).
 
@@ -326,10 +374,19 @@ class LMPolicy(ActorCriticPolicy):
     # -- the fast path (TextPPO) -----------------------------------------------------------
     def decode_step(
         self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None
-    ) -> tuple[torch.Tensor, Any]:
-        """Run the LM on new tokens with a KV cache; returns the last column's raw choice logits and the cache."""
-        hidden, cache = run_decoder(self.decoder, ids, attention_mask, positions, past, use_cache=True)
-        return self.head_logits(hidden[:, -1]), cache
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Run the LM on new tokens with a KV cache.
+
+        Returns the last column's raw choice logits, the cache and the last column's hidden state
+        (the critic's input on the shared trunk).  The first call (``past=None``) on a left-padded
+        prompt batch encodes each distinct prompt once.
+        """
+        if past is None:
+            hidden, cache = shared_prefix_forward(self.decoder, ids, attention_mask, ids.shape[1], use_cache=True)
+        else:
+            hidden, cache = run_decoder(self.decoder, ids, attention_mask, positions, past, use_cache=True)
+        last = hidden[:, -1]
+        return self.head_logits(last), cache, last
 
     def sequence_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True
@@ -339,12 +396,12 @@ class LMPolicy(ActorCriticPolicy):
         ``input_ids``/``attention_mask`` (B, P+T) hold the left-padded prompt in
         columns [0, P) and the generated tokens after (mask 0 past each sequence's end).
         Returns ``(logp, entropy, values)``, each (B, T) float32; the value of token t
-        is V(prompt + tokens[:t]), read at column P-1+t.
+        is V(prompt + tokens[:t]), read at column P-1+t.  Rows with the same prompt (several
+        completions per prompt) share one encoding of it (:func:`shared_prefix_forward`).
         """
         start = first_real_column(attention_mask[:, :prompt_len])  # drop padding columns every row shares
         input_ids, attention_mask, prompt_len = input_ids[:, start:], attention_mask[:, start:], prompt_len - start
-        positions = positions_from_mask(attention_mask)
-        hidden, _ = run_decoder(self.decoder, input_ids, attention_mask, positions)
+        hidden, _ = shared_prefix_forward(self.decoder, input_ids, attention_mask, prompt_len)
         h_gen = hidden[:, prompt_len - 1 : -1]
         tokens = input_ids[:, prompt_len:]
         choices = self.to_choice(tokens)
@@ -353,7 +410,7 @@ class LMPolicy(ActorCriticPolicy):
         values = None
         if with_values:
             if self.critic is not None:
-                hidden, _ = run_decoder(self.critic, input_ids, attention_mask, positions)
+                hidden, _ = shared_prefix_forward(self.critic, input_ids, attention_mask, prompt_len)
                 h_gen = hidden[:, prompt_len - 1 : -1]
             values = self.value_of(h_gen)
         return logp, entropy, values

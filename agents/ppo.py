@@ -153,6 +153,11 @@ class TextPPO:
         self.dist = Distributed.from_env(device)  # torchrun / accelerate launch: join the group; else one process
         self.device = self.dist.device
         self.dist.shard_env(self.env)
+        if self.env.num_envs % self.config.group_size:
+            raise ValueError(
+                f"group_size={self.config.group_size} must divide the env's num_envs={self.env.num_envs} "
+                "(each rollout holds num_envs // group_size prompts, group_size completions each)"
+            )
         self.num_timesteps = 0
         self.n_updates = 0
         self.stopped_by_signal = False
@@ -359,7 +364,7 @@ class TextPPO:
         batches = []
         before, local_tokens, aborted = self.num_timesteps, 0, False
         for _ in range(self.config.n_rollouts):
-            obs, _ = self.env.reset(seed=int(self._np_rng.integers(2**31 - 1)))
+            obs, _ = self.env.reset(seed=int(self._np_rng.integers(2**31 - 1)), options=self._group_options())
             self.policy.set_training_mode(False)
 
             def on_step(local: dict[str, Any]) -> bool:
@@ -381,6 +386,14 @@ class TextPPO:
             aborted, (tokens,) = self.dist.reduce_flags_and_sums(aborted, [local_tokens])
             self.num_timesteps = before + int(tokens)
         return None if aborted else SequenceBatch.concat(batches)
+
+    def _group_options(self) -> dict[str, Any] | None:
+        """Reset options that give each drawn prompt ``group_size`` consecutive slots (None: one each)."""
+        g = self.config.group_size
+        if g == 1:
+            return None
+        picks = self._np_rng.integers(len(self.env.setup.samples), size=self.env.num_envs // g)
+        return {"index": np.repeat(picks, g).tolist()}
 
     def _chunks(self, n: int) -> list[slice]:
         size = self.config.micro_batch_size or self.config.batch_size or n
@@ -406,19 +419,32 @@ class TextPPO:
     def _prepare(self, batch: SequenceBatch) -> dict[str, float]:
         """Old log-probs, reference log-probs, values, rewards, advantages and returns of a rollout."""
         cfg, P = self.config, batch.prompt_len
+        # The rollout recorded the old log-probs and values (KV-cached, fp32: equal to a full forward
+        # up to rounding).  Under bf16 autocast the two round differently, so PPO's ratio would not
+        # start at 1: recompute them with the forward the update uses.
+        recompute = batch.old_logp is None or batch.values is None or self._autocast() is not None
         old_logp, ref_logp, values = [], [], []
         for sl in self._chunks(len(batch)):
             ids, mask = batch.input_ids[sl], batch.attention_mask[sl]
-            with self._ctx():
-                logp, _, val = self.policy.sequence_forward(ids, mask, P)
-            old_logp.append(logp)
-            values.append(val.float())
+            if recompute:
+                with self._ctx():
+                    logp, _, val = self.policy.sequence_forward(ids, mask, P)
+                old_logp.append(logp)
+                values.append(val.float())
             ref_logp.append(self.reference_logprobs(ids, mask, P))
         gen_mask = batch.gen_mask
-        batch.old_logp, batch.ref_logp = torch.cat(old_logp), torch.cat(ref_logp)
-        batch.values = torch.cat(values) * gen_mask
+        if recompute:
+            batch.old_logp, batch.values = torch.cat(old_logp), torch.cat(values)
+        batch.ref_logp = torch.cat(ref_logp)
+        batch.values = batch.values * gen_mask
         kl = kl_estimate(batch.old_logp, batch.ref_logp, cfg.kl_estimator)
         env_rewards = batch.env_rewards.float()
+        group_stats: dict[str, torch.Tensor] = {}
+        if cfg.group_size > 1:  # rows [k*g, (k+1)*g) share a prompt (rollouts of num_envs rows, g | num_envs)
+            scores = batch.scores.float().view(-1, cfg.group_size)
+            baseline = (scores.sum(1, keepdim=True) - scores) / (cfg.group_size - 1)  # leave-one-out mean
+            env_rewards = env_rewards + at_last_token(-baseline.reshape(-1), gen_mask)
+            group_stats["rollout/group_score_std"] = scores.std(1)
         if cfg.missing_eos_penalty is not None:
             penalty = torch.where(batch.ended_with_eos, 0.0, -cfg.missing_eos_penalty).float()
             env_rewards = env_rewards + at_last_token(penalty, gen_mask)
@@ -439,6 +465,7 @@ class TextPPO:
                 "rollout/kl_ref": k1.sum(1),
                 "rollout/kl_penalty_mean": (-self.kl_ctl.value * kl, gen_mask),
                 **{f"rollout/{name}_mean": values_ for name, values_ in metrics.items()},
+                **group_stats,
             }
         )
         stats["train/kl_coef"] = float(self.kl_ctl.value)
@@ -469,7 +496,7 @@ class TextPPO:
         skipped, nonfinite, stopped, epochs_done = 0, 0, False, 0
         batch_size = cfg.batch_size or len(batch)
         for _epoch in range(cfg.n_epochs):
-            for index in batch.minibatches(batch_size, self._torch_gen):
+            for index in batch.minibatches(batch_size, self._torch_gen, cfg.group_size):
                 mb = batch.select(index)
                 n_tok = self.dist.sum(mb.gen_mask.sum()).clamp(min=1)  # the mini-batch's tokens on every rank
                 self.policy.optimizer.zero_grad(set_to_none=True)

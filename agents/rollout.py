@@ -68,10 +68,20 @@ def generate_batch(
     # The cache's mask: the prompt, then one column per step (finished slots keep feeding placeholders).
     attn = torch.cat([prompt_mask[:, start:], prompt_mask.new_ones((N, T))], dim=1)
     next_position = attn[:, :L].sum(1, keepdim=True)
+    # The sampling distribution's log-prob of each drawn token and the critic's value of each state,
+    # kept on the device: PPO's "old" log-probs and values (the update recomputes them only under
+    # bf16 autocast, where the cached decode and a full forward round differently).
+    step_logp: list[torch.Tensor] = []
+    step_values: list[torch.Tensor] = []
     with ctx():
-        logits, past = policy.decode_step(prompt_ids[:, start:], attn[:, :L], positions_from_mask(attn[:, :L]))
+        logits, past, hidden = policy.decode_step(prompt_ids[:, start:], attn[:, :L], positions_from_mask(attn[:, :L]))
     for t in range(T):
-        tokens = policy.to_token(sample_tokens(policy.filtered_logits(logits), generator, deterministic))
+        filtered = policy.filtered_logits(logits)
+        choices = sample_tokens(filtered, generator, deterministic)
+        step_logp.append(torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1))
+        if policy.critic is None:
+            step_values.append(policy.value_of(hidden))
+        tokens = policy.to_token(choices)
         actions = tokens.cpu().numpy()
         live = ~done
         gen[live, t] = actions[live]
@@ -91,15 +101,27 @@ def generate_batch(
             break
         feed = torch.as_tensor(actions, device=device).unsqueeze(1)
         with ctx():
-            logits, past = policy.decode_step(feed, attn[:, : L + t + 1], next_position + t, past)
+            logits, past, hidden = policy.decode_step(feed, attn[:, : L + t + 1], next_position + t, past)
+    live_mask = torch.as_tensor(gen_mask, device=device).bool()
     return SequenceBatch(
         input_ids=torch.cat([prompt_ids, torch.as_tensor(gen, device=device)], dim=1),
-        attention_mask=torch.cat([prompt_mask, torch.as_tensor(gen_mask, device=device)], dim=1),
+        attention_mask=torch.cat([prompt_mask, live_mask.long()], dim=1),
         prompt_len=P,
         env_rewards=torch.as_tensor(env_rewards, device=device),
         ended_with_eos=torch.as_tensor(eos_end, device=device),
         infos=finals,
+        old_logp=_per_token(step_logp, live_mask),
+        values=_per_token(step_values, live_mask),
     )
+
+
+def _per_token(steps: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor | None:
+    """(N, T) float32 from one (N,) tensor per step taken (0 where nothing was generated)."""
+    if not steps:
+        return None
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    out[:, : len(steps)] = torch.stack(steps, dim=1).float()
+    return out.masked_fill(~mask, 0.0)
 
 
 class _null:

@@ -14,8 +14,9 @@ optimizer step per epoch on the whole batch), PPO clip 0.2, gradient clipping
 gradient checkpointing (TRL's defaults, bf16 autocast and gradient
 checkpointing, are turned off to match TextPPO on the CPU):
 
-(a) ``TextPPO`` on ``--batch`` env slots whose resets repeat each drawn
-    prompt ``--generations`` times, ``n_epochs=--epochs``;
+(a) ``TextPPO`` on ``--batch`` env slots with ``group_size=--generations`` (each
+    drawn prompt in that many slots; scores centred on the group's other
+    completions, as GRPO's advantages are), ``n_epochs=--epochs``;
 (b) ``GRPOTrainer`` with ``per_device_train_batch_size=--batch``,
     ``num_generations=--generations``, ``num_iterations=--epochs`` and
     ``max_steps=--steps * --epochs`` (one generation every ``--epochs`` steps).
@@ -68,21 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_env(args: argparse.Namespace) -> Any:
-    """The env of both sides; its resets repeat each drawn prompt ``--generations`` times."""
+    """The env of both sides (TextPPO steps it; TRL takes its prompts and reward function)."""
     import gymnasium as gym
 
     import textgym  # noqa: F401  (registers the env ids)
-    from textgym.vector import TextVectorEnv
 
-    class RepeatedPrompts(TextVectorEnv):
-        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-            if options is None:
-                picks = np.random.default_rng(seed).integers(len(self.setup.samples), size=self.num_envs // args.generations)
-                options = {"index": np.repeat(picks, args.generations).tolist()}
-            return super().reset(seed=seed, options=options)
-
-    kwargs = {**gym.spec(args.env).kwargs, "max_new_tokens": args.max_new_tokens}
-    return RepeatedPrompts(num_envs=args.batch, model=args.model, **kwargs)
+    return gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
 
 
 def wait_for_turn() -> None:
@@ -101,7 +93,8 @@ def run_textppo(args: argparse.Namespace) -> None:
     env = make_env(args)
     agent = TextPPO(
         "LMPolicy", env, model=args.model, seed=args.seed, verbose=0, learning_rate=args.lr,
-        n_epochs=args.epochs, kl_coef=args.kl_coef, clip_range=0.2, max_grad_norm=1.0, bf16=False,
+        n_epochs=args.epochs, group_size=args.generations, kl_coef=args.kl_coef, clip_range=0.2, max_grad_norm=1.0,
+        bf16=False,
         temperature=1.0, top_k=0, top_p=1.0,
     )  # fmt: skip
     report("READY", {})

@@ -114,6 +114,10 @@ def test_bad_inputs() -> None:
         TextPPO("LMPolicy", env, model="tiny-random", n_steps=5)
     with pytest.raises(ValueError, match="gae_lambda must be in"):
         TextPPO("LMPolicy", env, model="tiny-random", gae_lambda=2.0)
+    with pytest.raises(ValueError, match=r"group_size=3 must divide the env's num_envs=2"):
+        TextPPO("LMPolicy", env, model="tiny-random", group_size=3, verbose=0)
+    with pytest.raises(ValueError, match=r"group_size must be a positive integer, got 0"):
+        TextPPO("LMPolicy", env, model="tiny-random", group_size=0, verbose=0)
     agent = TextPPO("LMPolicy", env, model="tiny-random", verbose=0)
     for bad in (0, -5, 1.5):
         with pytest.raises(ValueError, match=f"total_timesteps must be a positive integer.*got {bad}"):
@@ -181,6 +185,8 @@ def test_top_k_top_p_temperature_give_consistent_old_log_probs() -> None:
     with torch.no_grad():
         logp, _, _ = agent.policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len)
     assert torch.isfinite(logp[batch.gen_mask]).all()
+    # the rollout's own record of them (used as PPO's old log-probs in fp32) is the same distribution
+    torch.testing.assert_close(batch.old_logp[batch.gen_mask], logp[batch.gen_mask], atol=1e-5, rtol=1e-5)
 
 
 def test_lora_reference_is_the_base_with_adapters_off(tmp_path: Path) -> None:
@@ -199,3 +205,27 @@ def test_lora_reference_is_the_base_with_adapters_off(tmp_path: Path) -> None:
     loaded = TextPPO.load(tmp_path / "lora", env=copy_env(4))
     for a, b in zip(agent.policy.state_dict().values(), loaded.policy.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_group_size_repeats_prompts_and_centres_scores_on_the_other_completions() -> None:
+    env = gym.make_vec("textgym/Translation-v0", num_envs=8, model="tiny-random", max_new_tokens=6)
+    agent = TextPPO("LMPolicy", env, seed=1, group_size=4, kl_coef=0.0, **FAST)
+    batch = agent._collect(agent._init_callback(None))
+    prompts = batch.input_ids[:, : batch.prompt_len]
+    ids = [info["sample_id"] for info in batch.infos]
+    for k in range(2):  # slots [4k, 4k+4) hold one drawn prompt, 4 completions of it
+        assert len(set(ids[4 * k : 4 * k + 4])) == 1
+        assert (prompts[4 * k : 4 * k + 4] == prompts[4 * k]).all()
+    assert batch.input_ids[:4, batch.prompt_len :].unique(dim=0).shape[0] > 1  # different completions
+    stats = agent._prepare(batch)
+    scores = batch.scores.view(2, 4)
+    others = (scores.sum(1, keepdim=True) - scores) / 3
+    # KL coefficient 0: the reward of an episode is its score minus the mean of its group's other scores
+    torch.testing.assert_close(batch.rewards.sum(1), (scores - others).reshape(-1))
+    assert stats["rollout/group_score_std"] == pytest.approx(float(scores.std(1).mean()))
+    assert stats["rollout/ep_rew_mean"] == pytest.approx(float(batch.scores.mean()))  # logged: the raw scores
+    # mini-batches shuffle whole groups: a chunk of 4 rows is one prompt's 4 completions
+    chunks = [c.tolist() for c in batch.minibatches(4, torch.Generator().manual_seed(0), group_size=4)]
+    assert sorted(chunks) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    orders = {tuple(torch.cat(list(batch.minibatches(8, torch.Generator().manual_seed(s), 4))).tolist()) for s in range(8)}
+    assert len(orders) == 2  # both group orders occur

@@ -9,6 +9,7 @@ import torch
 
 import textgym  # noqa: F401
 from agents import LMPolicy
+from agents.policies import positions_from_mask, run_decoder, shared_prefix_forward
 from agents.rollout import generate_batch
 from agents.sampling import log_probs_and_entropy, sample_tokens
 
@@ -46,9 +47,9 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
     decode = policy.decode_step
 
     def recording(*args, **kwargs):
-        logits, past = decode(*args, **kwargs)
+        logits, past, hidden = decode(*args, **kwargs)
         step_logits.append(logits)
-        return logits, past
+        return logits, past, hidden
 
     policy.decode_step = recording
     obs, _ = env.reset(seed=5)
@@ -60,9 +61,13 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
          for t, lg in enumerate(step_logits)], dim=1,
     )  # fmt: skip
     with torch.no_grad():
-        full_logp, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, P)
+        full_logp, _, full_values = policy.sequence_forward(batch.input_ids, batch.attention_mask, P)
     n = rollout_logp.shape[1]
     torch.testing.assert_close(rollout_logp[mask[:, :n]], full_logp[:, :n][mask[:, :n]], atol=1e-5, rtol=1e-5)
+    # what the rollout recorded for the update: PPO's old log-probs and values, 0 past each end
+    torch.testing.assert_close(batch.old_logp[mask], full_logp[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.values[mask], full_values[mask], atol=1e-5, rtol=1e-5)
+    assert not batch.old_logp[~mask].any() and not batch.values[~mask].any()
     assert not mask[:, n:].any()  # the loop stopped at the step where the last episode ended
     # the host-side bookkeeping agrees with what the env saw
     for i, info in enumerate(batch.infos):
@@ -72,3 +77,71 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
         assert not batch.env_rewards[i, n_tok:].any()  # sparse reward: the score at the last real token
         np.testing.assert_allclose(float(batch.env_rewards[i, n_tok - 1]), info["metrics"]["reward"], rtol=1e-6)
     assert batch.input_ids.dtype == torch.long and batch.env_rewards.dtype == torch.float32
+
+
+def _grouped_batch(policy: LMPolicy, group: int = 3) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Two left-padded prompts of different lengths, each followed by ``group`` different completions."""
+    g = torch.Generator().manual_seed(3)
+    P, T, vocab = 7, 5, policy.vocab_size
+    prompts = [torch.randint(vocab, (5,), generator=g), torch.randint(vocab, (7,), generator=g)]
+    ids = torch.zeros(2 * group, P + T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row in range(2 * group):
+        prompt = prompts[row // group]
+        ids[row, P - len(prompt) : P] = prompt
+        mask[row, P - len(prompt) : P] = 1
+        length = 2 + row % 3  # completions of different lengths: mask 0 after each end
+        ids[row, P : P + length] = torch.randint(vocab, (length,), generator=g)
+        mask[row, P : P + length] = 1
+    return ids, mask, P
+
+
+def test_shared_prompt_forward_equals_the_plain_forward_with_gradients() -> None:
+    """Encoding each prompt once for its completions gives the same hidden states and gradients."""
+    env = gym.make_vec("textgym/Copy-v0", num_envs=1, model="tiny-random")
+    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 1e-3, model="tiny-random")
+    ids, mask, P = _grouped_batch(policy)
+    policy.set_training_mode(True)
+    decoder = policy.decoder
+    weights = torch.randn(ids.shape[0], ids.shape[1] - P, decoder.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    rows_seen: list[int] = []
+    decoder.register_forward_pre_hook(lambda _m, _a, kw: rows_seen.append(kw["input_ids"].shape), with_kwargs=True)
+    results = []
+    for shared in (True, False):
+        decoder.zero_grad(set_to_none=True)
+        if shared:
+            hidden, _ = shared_prefix_forward(decoder, ids, mask, P)
+        else:
+            hidden, _ = run_decoder(decoder, ids, mask, positions_from_mask(mask))
+        gen = hidden[:, P - 1 : -1]
+        (gen * weights * mask[:, P:, None]).sum().backward()
+        results.append((gen.detach(), {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}))
+    # shared: the 2 prompts once, then the 6 completions on their cache; plain: 6 full rows
+    assert rows_seen == [(2, P), (6, ids.shape[1] - P), (6, ids.shape[1])]
+    (h_shared, g_shared), (h_plain, g_plain) = results
+    real = mask[:, P:].bool()
+    torch.testing.assert_close(h_shared[real], h_plain[real], atol=1e-5, rtol=1e-4)
+    assert g_shared.keys() == g_plain.keys() and g_plain
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sequence_forward_and_prefill_with_shared_prompts_equal_one_row_at_a_time() -> None:
+    env = gym.make_vec("textgym/Copy-v0", num_envs=1, model="tiny-random")
+    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 1e-3, model="tiny-random",
+                      temperature=0.7, top_k=20)  # fmt: skip
+    policy.set_training_mode(False)
+    ids, mask, P = _grouped_batch(policy)
+    with torch.no_grad():
+        logp, entropy, values = policy.sequence_forward(ids, mask, P)
+        logits, _, hidden = policy.decode_step(ids[:, :P], mask[:, :P], positions_from_mask(mask[:, :P]))
+        for row in range(ids.shape[0]):
+            one = slice(row, row + 1)
+            lp, ent, val = policy.sequence_forward(ids[one], mask[one], P)
+            real = mask[row, P:].bool()
+            torch.testing.assert_close(logp[row][real], lp[0][real], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(entropy[row][real], ent[0][real], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(values[row][real], val[0][real], atol=1e-5, rtol=1e-5)
+            lg, _, hd = policy.decode_step(ids[one, :P], mask[one, :P], positions_from_mask(mask[one, :P]))
+            torch.testing.assert_close(logits[row], lg[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(hidden[row], hd[0], atol=1e-5, rtol=1e-5)
