@@ -82,6 +82,8 @@ class LMAgent:
         self._respond = lm_responder(self.model, do_sample=not greedy, temperature=temperature, seed=seed)
         self.greedy = greedy
         self.temperature = temperature
+        self.seed = seed
+        self._generator: Any = None  # predict's sampling stream, seeded on first use
 
     def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
         return self._respond(obs, infos, setup)
@@ -103,7 +105,9 @@ class LMAgent:
         if deterministic or self.greedy:
             return next_logits.argmax(-1).numpy(), state
         probs = torch.softmax(next_logits / max(self.temperature, 1e-6), -1)
-        return torch.multinomial(probs, 1).squeeze(-1).numpy(), state
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return torch.multinomial(probs, 1, generator=self._generator).squeeze(-1).numpy(), state
 
 
 class ZeroShotAgent(LMAgent):

@@ -71,3 +71,17 @@ def test_unknown_agent_and_env_are_clear_errors(tmp_path, capsys) -> None:
     assert "unknown env id(s) ['textgym/Nope-v0']" in capsys.readouterr().err
     results = benchmark.run_benchmark("textgym/Copy-v0", ["gpt5"], episodes=1, model=TINY, out=tmp_path, progress=False)
     assert results["cells"][0]["error"].startswith("ConfigError: unknown agent 'gpt5'; use random, zero-shot, ppo:DIR")
+
+
+def test_sampling_lm_agent_predict_is_reproducible_for_a_seed() -> None:
+    import gymnasium as gym
+
+    from agents.baselines import LMAgent
+
+    env = gym.make_vec("textgym/Copy-v0", num_envs=4, model=TINY)
+    obs, _ = env.reset(seed=0)
+    draws = [
+        LMAgent(TINY, greedy=False, temperature=5.0, seed=seed).predict(obs)[0].tolist() for seed in (1, 1, 2)
+    ]
+    assert draws[0] == draws[1]  # same seed, same tokens
+    assert draws[0] != draws[2]  # temperature 5 over ~49k tokens: another seed draws others
