@@ -105,6 +105,27 @@ def test_semantic_similarity_batch_equals_one_by_one_and_encodes_once(monkeypatc
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_embed_batches_by_padded_tokens_and_matches_one_text_at_a_time():
+    """Texts of very different lengths: every forward stays within the padded-token budget (a text
+    longer than it goes alone), and each row equals the text encoded alone, in input order."""
+    texts = ["Hi.", "word " * 300, "How are you today?", "A longer sentence about the weather " * 3, "Ok", "Yes!"]
+    _, model = semantic_module._encoder()
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        vectors = semantic_module.embed(texts, max_batch_tokens=40)
+    finally:
+        hook.remove()
+    assert sorted(rows for rows, _ in shapes) != [1] * len(texts), "short texts share a forward"
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert all(rows * width <= 40 or rows == 1 for rows, width in shapes), shapes
+    assert (1, 256) in shapes, "the long text is cut at 256 tokens and encoded alone"
+    for text, vector in zip(texts, vectors, strict=True):
+        np.testing.assert_allclose(vector, _reference_embedding(text), atol=1e-5)
+    with pytest.raises(ValueError, match="max_batch_tokens must be >= 1, got 0"):
+        semantic_module.embed(texts, max_batch_tokens=0)
+
+
 # -- extremes ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["rouge1", "rouge2", "rougeL", "chrf", "bleu", "semantic_similarity"])
 def test_reference_against_itself_scores_the_maximum(name):
