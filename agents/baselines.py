@@ -45,8 +45,12 @@ class RandomAgent:
     name = "random"
 
     def __init__(self, seed: int = 0, env: Any = None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.set_random_seed(seed)
         self.env = env
+
+    def set_random_seed(self, seed: int) -> None:
+        """Restart the token stream from ``seed`` (the benchmark does this before every cell)."""
+        self.rng = np.random.default_rng(seed)
 
     def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
         n = obs["input_ids"].shape[0]
@@ -79,10 +83,14 @@ class LMAgent:
         self.name = name
         self.spec = model
         self.model = load_model(model) if model is None or isinstance(model, (str, Path)) else model
-        self._respond = lm_responder(self.model, do_sample=not greedy, temperature=temperature, seed=seed)
         self.greedy = greedy
         self.temperature = temperature
+        self.set_random_seed(seed)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Restart sampling from ``seed`` (the benchmark does this before every cell)."""
         self.seed = seed
+        self._respond = lm_responder(self.model, do_sample=not self.greedy, temperature=self.temperature, seed=seed)
         self._generator: Any = None  # predict's sampling stream, seeded on first use
 
     def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:

@@ -4,7 +4,10 @@ Protocol: for every (env, agent) pair, the same ``episodes`` samples of the
 ``split`` (the first ones of a seeded permutation of the split, identical for
 every agent; each sample at most once, so a small split gives fewer) are
 played through ``gym.make_vec`` in batches; every metric of
-``info["metrics"]`` is averaged (mean, std, n).  A pair that raises is
+``info["metrics"]`` is averaged (mean, std, n).  Before each pair an agent
+with a ``set_random_seed(seed)`` method (the random and LM baselines) is
+reseeded with the run's seed, so a pair's result does not depend on which
+pairs ran before it in the process (or on a resume).  A pair that raises is
 recorded with its error and the others go on.  Finished pairs are stored in
 ``OUT/cells/`` as they complete, so re-running with the same ``--out``
 resumes where an interrupted run stopped.
@@ -159,6 +162,9 @@ def run_benchmark(
         try:
             if name not in loaded:
                 loaded[name] = make_agent(spec, model, seed)
+            reseed = getattr(loaded[name], "set_random_seed", None)
+            if callable(reseed):
+                reseed(seed)
             with tqdm(total=episodes, desc="episodes", leave=False, disable=not progress, position=1) as inner:
                 cell.update(run_cell(env_id, loaded[name], episodes=episodes, split=split, seed=seed, model=model, on_episode=inner.update))
             cell["error"] = None

@@ -45,13 +45,15 @@ def test_same_seed_gives_identical_metrics(tmp_path) -> None:
 
 def test_interrupted_bench_resumes_and_skips_finished_pairs(tmp_path, monkeypatch) -> None:
     args = dict(envs="textgym/Copy-v0,textgym/Translation-v0", agents=["random"], episodes=2, model=TINY, progress=False)
-    benchmark.run_benchmark(out=tmp_path, **args)
+    straight = benchmark.run_benchmark(out=tmp_path, **args)
     (next((tmp_path / "cells").glob("*Translation*"))).unlink()  # as if killed before this cell
     calls = []
     real = benchmark.run_cell
     monkeypatch.setattr(benchmark, "run_cell", lambda env_id, *a, **k: calls.append(env_id) or real(env_id, *a, **k))
     results = benchmark.run_benchmark(out=tmp_path, **args)
     assert calls == ["textgym/Translation-v0"] and len(results["cells"]) == 2
+    # the resumed cell starts from the agent's seed, as it did after Copy-v0 in the straight run
+    assert [c["metrics"] for c in results["cells"]] == [c["metrics"] for c in straight["cells"]]
 
 
 def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path) -> None:
