@@ -1,14 +1,14 @@
-"""Agents for textgym: :class:`TextPPO` (PPO for causal LMs) and :class:`LMPolicy` (its SB3 policy).
+"""Agents for textgym: on-policy RL for language models (PPO, GRPO, RLOO, NLPO) with SB3's API.
 
-``agents`` depends on ``textgym``; ``textgym`` never imports ``agents``.  The
-names are imported lazily, so ``agents.cli`` (and ``textgym list``) load
-without torch.
+``agents`` depends on ``textgym``; ``textgym`` never imports ``agents`` (its CLI
+finds the agent commands through the ``textgym.commands`` entry point).  The
+names are imported lazily, so ``agents.cli`` loads without torch.
 
 Example:
     >>> import gymnasium as gym, textgym
     >>> from agents import TextPPO
     >>> env = gym.make_vec("textgym/Copy-v0", num_envs=8, model="tiny-random")
-    >>> agent = TextPPO("LMPolicy", env, model="tiny-random", seed=0, verbose=0)
+    >>> agent = TextPPO("LMPolicy", env, model="tiny-random", seed=0)
 """
 
 from __future__ import annotations
@@ -17,12 +17,34 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.config import TextPPOConfig
-    from agents.policies import LMPolicy
-    from agents.ppo import TextPPO
+    from agents.common.policies import LMPolicy
+    from agents.ppo import PPOConfig, TextPPO
 
-_EXPORTS = {"TextPPO": "agents.ppo", "LMPolicy": "agents.policies", "TextPPOConfig": "agents.config"}
-__all__ = ["LMPolicy", "TextPPO", "TextPPOConfig"]
+# algorithm name -> (module, class, config class); the CLI's --algo choices
+ALGORITHMS: dict[str, tuple[str, str, str]] = {
+    "ppo": ("agents.ppo", "TextPPO", "PPOConfig"),
+}
+_EXPORTS = {"LMPolicy": "agents.common.policies"}
+for _module, _cls, _config in ALGORITHMS.values():
+    _EXPORTS[_cls] = _EXPORTS[_config] = _module
+__all__ = ["ALGORITHMS", "LMPolicy", "PPOConfig", "TextPPO", "algorithm", "load_agent"]
+
+
+def algorithm(name: str) -> Any:
+    """The algorithm class of ``name`` (``"ppo"``, ...); an unknown name lists the allowed ones."""
+    from textgym.errors import ConfigError
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; allowed: {sorted(ALGORITHMS)}")
+    module, cls, _ = ALGORITHMS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_agent(path: str, env: Any = None, device: str = "auto", **overrides: Any) -> Any:
+    """Load a saved agent of any algorithm (the checkpoint records which); see ``Algo.load``."""
+    from agents.common.persistence import checkpoint_algorithm
+
+    return algorithm(checkpoint_algorithm(path)).load(path, env=env, device=device, **overrides)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,7 @@ Every agent has two interfaces:
 
 * ``predict(obs, state=None, episode_start=None, deterministic=False)`` --
   Stable-Baselines3's per-step interface (one action per env slot), as TextPPO;
-* ``respond(obs, infos, setup)`` -- the whole answer of every slot at once, shape
+* ``respond(obs, infos, spec)`` -- the whole answer of every slot at once, shape
   ``(num_envs, <= max_new_tokens)``; :func:`textgym.rollout.play_episodes`
   feeds it to the env token by token, so the rewards are exactly the
   token-level env's.  Benchmarks use this fast path (one batched
@@ -29,11 +29,9 @@ from typing import Any
 import numpy as np
 
 from textgym.errors import ConfigError
-from textgym.rollout import lm_responder
+from textgym.spec import TextSpec
 
 
-def _allowed(setup: Any) -> np.ndarray:
-    return np.flatnonzero(np.ones(setup.vocab_size, bool) if setup.action_mask is None else setup.action_mask)
 
 
 class RandomAgent:
@@ -52,9 +50,9 @@ class RandomAgent:
         """Restart the token stream from ``seed`` (the benchmark does this before every cell)."""
         self.rng = np.random.default_rng(seed)
 
-    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
         n = obs["input_ids"].shape[0]
-        return self.rng.choice(_allowed(setup), size=(n, setup.max_new_tokens))
+        return self.rng.choice(spec.allowed_tokens, size=(n, spec.max_new_tokens))
 
     def predict(
         self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = False
@@ -89,12 +87,32 @@ class LMAgent:
 
     def set_random_seed(self, seed: int) -> None:
         """Restart sampling from ``seed`` (the benchmark does this before every cell)."""
-        self.seed = seed
-        self._respond = lm_responder(self.model, do_sample=not self.greedy, temperature=self.temperature, seed=seed)
-        self._generator: Any = None  # predict's sampling stream, seeded on first use
+        import torch
 
-    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
-        return self._respond(obs, infos, setup)
+        self.seed = seed
+        self._sampling = torch.Generator().manual_seed(seed)  # respond's sampling stream
+        self._generator: Any = None  # predict's sampling stream, seeded on first use
+        self._policies: dict[int, Any] = {}
+
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
+        """Every slot's answer from the agents' KV-cached decoding loop (the env's action mask applied)."""
+        import torch
+
+        from agents.common.decoding import complete
+        from agents.common.policies import policy_for
+
+        key = id(spec.tokenizer)
+        if key not in self._policies:
+            self._policies = {key: policy_for(self.model, spec.tokenizer, spec.action_mask,
+                                              temperature=1.0 if self.greedy else self.temperature)}  # fmt: skip
+        cols = spec.max_prompt_tokens
+        rows = complete(self._policies[key], torch.as_tensor(obs["input_ids"][:, :cols]),
+                        torch.as_tensor(obs["attention_mask"][:, :cols]), spec.max_new_tokens, spec.eos_id,
+                        generator=self._sampling, deterministic=self.greedy)  # fmt: skip
+        out = np.full((len(rows), spec.max_new_tokens), spec.eos_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
 
     def predict(
         self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = False
@@ -171,15 +189,15 @@ class SequenceAgent:
         self.name = name
         self.key = "prompt_text" if use_prompt_text else "prompt"
 
-    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
+    def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
         from textgym.wrappers import response_tokens
 
         prompts = [str(p) for p in infos[self.key]]
         answers = list(self.fn(prompts))
         if len(answers) != len(prompts) or not all(isinstance(a, str) for a in answers):
             raise ConfigError(f"{self.name}: expected {len(prompts)} response strings, got {answers!r:.200}")
-        out = np.full((len(answers), setup.max_new_tokens), setup.eos_id, dtype=np.int64)
+        out = np.full((len(answers), spec.max_new_tokens), spec.eos_id, dtype=np.int64)
         for i, answer in enumerate(answers):
-            row = response_tokens(setup, answer)
+            row = response_tokens(spec, answer)
             out[i, : len(row)] = row
         return out

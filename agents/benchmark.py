@@ -64,7 +64,7 @@ def make_agent(spec: AgentSpec, model: str | None, seed: int) -> Any:
 
     if not isinstance(spec, str):
         if not callable(getattr(spec, "respond", None)):
-            raise ConfigError(f"agent {spec!r} has no respond(obs, infos, setup) method")
+            raise ConfigError(f"agent {spec!r} has no respond(obs, infos, spec) method")
         return spec
     if spec == "random":
         return RandomAgent(seed=seed)
@@ -92,7 +92,7 @@ def run_cell(env_id: str, agent: Any, *, episodes: int, split: str, seed: int, m
 
     batch = min(MAX_BATCH, episodes)
     envs = gym.make_vec(env_id, num_envs=batch, model=model, split=split)
-    n_samples = len(envs.unwrapped.setup.samples)
+    n_samples = envs.unwrapped.text_spec.num_samples
     episodes = min(episodes, n_samples)  # every sample at most once
     indices = [int(i) for i in np.random.default_rng(seed).permutation(n_samples)[:episodes]]
     values: dict[str, list[float]] = {}

@@ -1,106 +1,422 @@
-"""``textgym train`` and ``textgym eval``: TextPPO from the command line.
+"""``textgym train``, ``textgym eval`` and ``textgym bench``: the agents from the command line.
 
-``textgym/cli.py`` calls :func:`add_commands` on its argparse subparsers.
-Heavy imports (torch, transformers) happen inside the command functions, so
+textgym's CLI finds :func:`add_commands` through the ``textgym.commands`` entry
+point (``pyproject.toml``) and calls it with its argparse subparsers.  Heavy
+imports (torch, transformers) happen inside the command functions, so
 ``textgym list`` stays fast.
 
 Examples::
 
     textgym train textgym/Copy-v0 --model tiny-random --timesteps 5000 --out runs/copy
+    textgym train textgym/Copy-v0 --algo ppo --learning-rate 3e-4 --kl-coef 0.1 --no-reward-scaling
+    textgym train --algo grpo --help                           # GRPO's flags, each with its doc and default
     textgym train textgym/Translation-v0 --config run.yaml --out runs/fr --save-every 5
     textgym train textgym/Translation-v0 --resume runs/fr      # after a crash, a kill or Ctrl-C
     textgym eval textgym/Translation-v0 --checkpoint runs/fr --split test --episodes 64
     textgym eval textgym/Translation-v0 --model smollm2-135m-instruct   # zero-shot
 
+Every field of the chosen algorithm's config class (``PPOConfig``, ...) is a
+flag, generated from the dataclass: ``learning_rate`` is ``--learning-rate``,
+its type comes from the annotation (``bool`` fields are ``--x/--no-x``, a
+``Literal`` lists its choices, an optional one also takes the word ``none``)
+and its help is the string under the field plus its default.  ``--algo`` is
+read before the flags are built (from the command line, else the
+``--config`` file's ``algo``, else ``ppo``).
+
+A ``--config`` YAML file uses the same names: ``algo``, ``model``,
+``timesteps``, ``num_envs``, ``seed``, ``env`` (``gym.make_vec`` keyword
+arguments) and the config fields themselves (``learning_rate: 1e-3``,
+``kl_coef: 0.1``); flags override it.
+
 ``--out`` is a run directory of numbered checkpoints (``checkpoint-<updates>``,
 each a Hugging Face model dir plus the training state), written every
 ``--save-every`` updates, on SIGINT/SIGTERM (after the current update; exit
-code 0) and at the end.  ``--resume DIR`` continues from the newest checkpoint
-that passes validation until ``--timesteps`` tokens in all (the run's settings
-come from the checkpoint).  ``eval --checkpoint`` takes a run directory or one
-checkpoint.
-
-A ``--config`` YAML file may hold ``model``, ``timesteps``, ``num_envs``,
-``seed``, ``env`` (``gym.make_vec`` keyword arguments) and ``ppo`` (TextPPO
-keyword arguments, e.g. ``learning_rate``, ``kl_coef``); flags override it.
+code 0) and at the end.  ``--resume DIR`` continues, with any algorithm, from
+the newest checkpoint that passes validation until ``--timesteps`` tokens in
+all (the run's settings come from the checkpoint).  ``eval --checkpoint``
+takes a run directory or one checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-CONFIG_KEYS = ("model", "timesteps", "num_envs", "seed", "env", "ppo")
+from agents import ALGORITHMS
+
+RUN_KEYS = ("algo", "model", "timesteps", "num_envs", "seed", "env")
+"""The ``--config`` keys that are not config fields (the fields of the algorithm's config class are keys too)."""
+DEFAULT_ALGO = "ppo"
+DEFAULT_TIMESTEPS = 40_000
+DEFAULT_NUM_ENVS = 8
+DEFAULT_SEED = 0
+FIELD_DEST = "field."  # namespace attribute prefix of the config-field flags (they default to "not given")
+TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
 
 
+# -- the commands ----------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Add the ``train`` and ``eval`` subcommands to an argparse ``add_subparsers()`` object."""
-    train = subparsers.add_parser("train", help="train TextPPO on an env id", description="Train TextPPO on an env id.")
-    train.add_argument("id", help="env id, e.g. textgym/Copy-v0")
-    train.add_argument("--model", default=None, help="model alias, path or hub id (default: the env's default)")
-    train.add_argument("--timesteps", type=int, default=None, help="generated tokens of the whole run (default 2048)")
-    train.add_argument("--config", default=None, help="run.yaml with model/timesteps/num_envs/seed/env/ppo keys")
-    train.add_argument("--out", default=None, help="run directory for the checkpoints (default runs/<env name>)")
-    train.add_argument("--num-envs", type=int, default=None, help="episodes per rollout (default 8)")
-    train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    train.add_argument("--save-every", type=_positive_int, default=10, help="updates between checkpoints (default 10)")
-    train.add_argument("--keep", type=_positive_int, default=2, help="checkpoints kept in the run directory (default 2)")
-    train.add_argument("--resume", metavar="DIR", default=None,
-                       help="continue the run in DIR from its newest valid checkpoint up to --timesteps (default: "
-                       "the run's own target); writes there unless --out")
-    train.set_defaults(func=train_command)
+    """Add ``train``, ``eval`` and ``bench`` to an argparse ``add_subparsers()`` object (the entry point)."""
+    _add_parser(subparsers, "train", _TrainParser, help="train an agent (PPO, GRPO, ...) on an env id",
+                description="Train an agent on an env id. Every field of the algorithm's config is a flag: "
+                "`textgym train --algo NAME --help` lists NAME's.", usage=TRAIN_USAGE)  # fmt: skip
 
-    ev = subparsers.add_parser("eval", help="score a checkpoint or model on a split", description="Score a model greedily.")
+    ev = _add_parser(subparsers, "eval", _CommandParser, help="score a checkpoint or model on a split",
+                     description="Score a checkpoint or a model greedily on a split of an env.")  # fmt: skip
     ev.add_argument("id", help="env id, e.g. textgym/Translation-v0")
     source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a TextPPO save dir (or any Hugging Face checkpoint dir)")
-    source.add_argument("--model", help="a model spec, for a zero-shot score")
-    ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    ev.add_argument("--episodes", type=int, default=64, help="first N samples of the split (default 64)")
-    ev.add_argument("--num-envs", type=int, default=16, help="batch size")
-    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    source.add_argument("--checkpoint", help="a run directory (its newest valid checkpoint), one checkpoint, or any "
+                        "Hugging Face checkpoint dir")  # fmt: skip
+    source.add_argument("--model", help="a model spec (alias, path or hub id), for a zero-shot score")
+    ev.add_argument("--split", default="test", choices=["train", "validation", "test"], help="(default: test)")
+    ev.add_argument("--episodes", type=_positive_int, default=64, help="first N samples of the split (default: 64)")
+    ev.add_argument("--num-envs", type=_positive_int, default=16, help="batch size (default: 16)")
+    ev.add_argument("--json", action="store_true", help="print the full result as JSON (default: a table)")
     ev.set_defaults(func=eval_command)
 
+    bench = _add_parser(subparsers, "bench", _CommandParser,
+                        help="benchmark agents across envs: results.json, results.md, plots",
+                        description="Benchmark agents across envs: results.json, results.md and plots.")  # fmt: skip
+    bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
+    bench.add_argument("--agents", default="random,zero-shot",
+                       help="comma-separated: random, zero-shot, ppo:DIR (default: random,zero-shot)")  # fmt: skip
+    bench.add_argument("--episodes", type=_positive_int, default=16, help="episodes per (env, agent) cell (default: 16)")
+    bench.add_argument("--split", default="test", help="(default: test)")
+    bench.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    bench.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer (default: SmolLM2)")
+    bench.add_argument("--out", default="bench_results", help="output folder, re-run to resume (default: bench_results)")
+    bench.set_defaults(func=bench_command)
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+
+def _add_parser(subparsers: Any, name: str, parser_class: type, **kwargs: Any) -> argparse.ArgumentParser:
+    """``subparsers.add_parser`` with our parser class (argparse takes one class for all subcommands)."""
+    default = subparsers._parser_class
+    subparsers._parser_class = parser_class
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = default
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A bad argument is one line: ``textgym train: error: argument --n-epochs: ...`` (exit code 2)."""
+
+    help_command = ""  # how to list the flags, for the error line (default: PROG --help)
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.help_command or self.prog + ' --help'})\n")
+
+
+class _TrainParser(_CommandParser):
+    """``textgym train``: the flags depend on ``--algo``, so each parse picks the algorithm first, then
+    parses with that algorithm's full parser (built once; reading the config class imports the algorithm's
+    module, hence torch: this waits until ``train`` is parsed, so ``textgym list`` stays fast)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._by_algo: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        parser = self.for_algorithm(chosen_algorithm(args))
+        namespace, extras = parser.parse_known_args(args, namespace)
+        if extras:  # here, not in the parent parser: one error line, which names the algorithm's flag list
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def for_algorithm(self, algo: str) -> argparse.ArgumentParser:
+        """The full parser: run flags and one flag per field of ``algo``'s config class."""
+        if algo not in self._by_algo:
+            parser = _CommandParser(prog=self.prog, usage=self.usage, description=self.description,
+                                    allow_abbrev=False)  # fmt: skip
+            parser.help_command = f"{self.prog} --algo {algo} --help"
+            _add_run_arguments(parser)
+            add_config_arguments(parser, algorithm_config(algo), title=f"{algo} hyperparameters")
+            self._by_algo[algo] = parser
+        return self._by_algo[algo]
+
+    def format_help(self) -> str:
+        return self.for_algorithm(DEFAULT_ALGO).format_help()
+
+
+def chosen_algorithm(args: Sequence[str]) -> str:
+    """The ``--algo`` of a train command line, else its ``--config`` file's ``algo``, else ``ppo`` (an unknown
+    name picks ``ppo`` here: the full parser, or the config check, then reports it)."""
+    algo = _last_value(args, "--algo")
+    if algo is None:
+        config = _last_value(args, "--config")
+        if config is not None:
+            try:
+                import yaml
+
+                algo = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("algo")
+            except Exception:  # a broken file is reported by load_run_config, with the details
+                algo = None
+    return algo if isinstance(algo, str) and algo in ALGORITHMS else DEFAULT_ALGO
+
+
+def _last_value(args: Sequence[str], flag: str) -> str | None:
+    value = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
     return value
 
 
-def load_run_config(path: str | None) -> dict[str, Any]:
-    """The ``--config`` YAML as a dict, with unknown keys rejected."""
+def algorithm_config(algo: str) -> type:
+    """The config class (``PPOConfig``, ...) of an algorithm name in :data:`agents.ALGORITHMS`."""
+    from agents import algorithm
+
+    return algorithm(algo).config_class
+
+
+def _add_run_arguments(train: argparse.ArgumentParser) -> None:
+    train.add_argument("id", help="env id, e.g. textgym/Copy-v0")
+    train.add_argument("--algo", choices=sorted(ALGORITHMS), default=None,
+                       help=f"the algorithm; its flags are listed below (default: the config's algo, else {DEFAULT_ALGO})")  # fmt: skip
+    train.add_argument("--config", metavar="YAML", default=None,
+                       help=f"run.yaml with keys {', '.join(RUN_KEYS)} and the config fields below with underscores, "
+                       "e.g. learning_rate: 1e-3; flags override it (default: none)")  # fmt: skip
+    train.add_argument("--model", metavar="M", default=None, help="model alias, path or hub id (default: the env's default)")
+    train.add_argument("--timesteps", metavar="N", type=_positive_int, default=None,
+                       help=f"generated tokens of the whole run (default: {DEFAULT_TIMESTEPS}; with --resume the run's own target)")  # fmt: skip
+    train.add_argument("--num-envs", metavar="N", type=_positive_int, default=None,
+                       help=f"episodes per rollout batch (default: {DEFAULT_NUM_ENVS})")  # fmt: skip
+    train.add_argument("--seed", metavar="N", type=int, default=None, help=f"random seed (default: {DEFAULT_SEED})")
+    train.add_argument("--out", metavar="DIR", default=None,
+                       help="run directory for the checkpoints (default: runs/<env name>, or the --resume DIR)")  # fmt: skip
+    train.add_argument("--save-every", metavar="N", type=_positive_int, default=10, help="updates between checkpoints (default: 10)")
+    train.add_argument("--keep", metavar="N", type=_positive_int, default=2, help="checkpoints kept in the run directory (default: 2)")
+    train.add_argument("--resume", metavar="DIR", default=None,
+                       help="continue the run in DIR (any algorithm) from its newest valid checkpoint up to "
+                       "--timesteps; the settings come from the checkpoint (default: a new run)")  # fmt: skip
+    train.set_defaults(func=train_command)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer")
+    return value
+
+
+# -- config fields as flags and YAML keys -------------------------------------------------------
+def _field_kinds(annotation: Any) -> tuple[list[Any], list[Any], bool]:
+    """(plain types, Literal choices, None allowed) of a config field's annotation; Callable and other
+    types that a command line cannot give are left out of the plain types (``Any`` gives ``[Any]``)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return [Any], [], True
+    if origin is Literal:
+        return [], list(typing.get_args(annotation)), False
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        plain: list[Any] = []
+        choices: list[Any] = []
+        optional = False
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                optional = True
+                continue
+            p, c, o = _field_kinds(arg)
+            plain, choices, optional = plain + p, choices + c, optional or o
+        return plain, choices, optional
+    kind = origin or annotation
+    return ([kind] if kind in (bool, int, float, str, tuple, list, dict) else []), [], False
+
+
+class FieldValue:
+    """argparse ``type=`` of a config field: text -> the field's type, checked with ``check_field``.
+
+    Tries, in order: ``none`` (optional fields), a Literal choice, a bool word, an int, a float, a YAML
+    list/mapping, any text (``str`` fields).  Every failure is an ``ArgumentTypeError`` naming the value
+    and what is allowed (argparse adds the flag).
+    """
+
+    BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+    def __init__(self, config_class: type, name: str) -> None:
+        self.config_class, self.name = config_class, name
+        self.plain, self.choices, self.optional = _field_kinds(typing.get_type_hints(config_class)[name])
+        self.__name__ = name  # argparse names the type in some messages
+
+    def convert(self, value: Any) -> Any:
+        """A YAML value or flag text -> the field's value (text is parsed only where the field wants no text)."""
+        if isinstance(value, str) and str not in self.plain and value not in self.choices:
+            value = self.parse(value)
+        elif isinstance(value, list) and tuple in self.plain and list not in self.plain:
+            value = tuple(value)
+        return value
+
+    def parse(self, text: str) -> Any:
+        word = text.strip()
+        if self.optional and word.lower() in ("none", "null"):
+            return None
+        for choice in self.choices:
+            if str(choice) == word:
+                return choice
+        if bool in self.plain and word.lower() in self.BOOL_WORDS:
+            return self.BOOL_WORDS[word.lower()]
+        for kind in (int, float):
+            if kind in self.plain:
+                try:
+                    return kind(word)
+                except ValueError:
+                    pass
+        if any(k in self.plain for k in (tuple, list, dict)):
+            import yaml
+
+            try:
+                value = yaml.safe_load(word)
+            except yaml.YAMLError:
+                value = None
+            if isinstance(value, list) and tuple in self.plain:
+                return tuple(value)
+            if isinstance(value, (list, dict)):
+                return value
+        if str in self.plain:
+            return text
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected {self.expected()}")
+
+    def expected(self) -> str:
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "text", tuple: "a list [a, b]",
+                 list: "a list [a, b]", dict: "a mapping {k: v}"}  # fmt: skip
+        parts = [words[k] for k in self.plain if k in words]
+        if self.choices:
+            parts.append("one of " + ", ".join(str(c) for c in self.choices))
+        if self.optional:
+            parts.append("none")
+        return " or ".join(dict.fromkeys(parts))
+
+    def metavar(self) -> str:
+        names = {int: "INT", float: "FLOAT", bool: "BOOL", str: "TEXT", tuple: "[A,B]", list: "[A,..]", dict: "{K:V}"}
+        parts = [names[k] for k in self.plain if k in names]
+        if self.choices:
+            parts.insert(0, "{" + ",".join(str(c) for c in self.choices) + "}")
+        return "|".join(dict.fromkeys(parts + (["none"] if self.optional else [])))
+
+    def __call__(self, text: str) -> Any:
+        from agents.common.config import check_field
+        from textgym.errors import ConfigError
+
+        value = self.parse(text)
+        try:
+            check_field(self.config_class, self.name, value)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, title: str | None = None) -> None:
+    """One flag per field of ``config_class`` (``kl_coef`` -> ``--kl-coef``), in an argument group.
+
+    Help is the field's documentation plus its default.  A flag that is not given leaves no attribute
+    (``default=SUPPRESS``), so :func:`config_flags` returns only what the command line set.  ``bool`` fields
+    are ``--x/--no-x``; an ``Any`` field (``lora``) is a switch (``--lora`` = True; richer values go in the
+    YAML); a field whose type a command line cannot give at all is left to the YAML.
+    """
+    from agents.common.config import field_default, field_docs
+
+    docs = field_docs(config_class)
+    group = parser.add_argument_group(
+        f"{title or config_class.__name__} ({config_class.__name__}; the same names with underscores in --config)"
+    )
+    for name in config_class.names():
+        flag = "--" + name.replace("_", "-")
+        default = field_default(config_class, name)
+        shown = default.__name__ if callable(default) and hasattr(default, "__name__") else default
+        kind = FieldValue(config_class, name)
+        doc = docs.get(name, "")
+        if kind.plain == [Any]:
+            doc += f" On the command line a switch ({flag} = True); other values go in --config."
+        doc = " ".join(f"{doc} (default: {shown})".split()).replace("%", "%%")
+        common: dict[str, Any] = {"dest": FIELD_DEST + name, "default": argparse.SUPPRESS, "help": doc}
+        if kind.plain == [Any]:
+            group.add_argument(flag, action="store_const", const=True, **common)
+        elif kind.plain == [bool] and not kind.choices:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind.plain or kind.choices:
+            group.add_argument(flag, type=kind, metavar=kind.metavar(), **common)
+
+
+def config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line, by field name."""
+    return {k[len(FIELD_DEST):]: v for k, v in vars(args).items() if k.startswith(FIELD_DEST)}
+
+
+def load_run_config(path: str | None, algo: str | None = None) -> dict[str, Any]:
+    """The ``--config`` YAML as a flat dict of checked values: :data:`RUN_KEYS` and the fields of the config
+    class of ``algo`` (else the file's ``algo``, else ``ppo``); an unknown key or a bad value is a ConfigError
+    naming it and what is allowed.  Text values are parsed as on the command line (``1e-3``, ``none``)."""
     if path is None:
         return {}
     import yaml
 
+    from agents.common.config import check_field
     from textgym.errors import ConfigError
 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config {path!r} is not a file")
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {list(CONFIG_KEYS)}")
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
+        raise ConfigError(f"{path}: expected a mapping with keys {list(RUN_KEYS)} and config fields")
+    if "algo" in data and data["algo"] not in ALGORITHMS:
+        raise ConfigError(f"{path}: algo={data['algo']!r} is not allowed; expected one of {sorted(ALGORITHMS)}")
+    name = algo or data.get("algo") or DEFAULT_ALGO
+    config_class = algorithm_config(name)
+    allowed = [*RUN_KEYS, *config_class.names()]
+    unknown = sorted(set(data) - set(allowed), key=str)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
-    for key in ("env", "ppo"):
-        if not isinstance(data.get(key, {}), dict):
-            raise ConfigError(f"{path}: {key!r} must be a mapping of keyword arguments")
-    return data
+        hint = " (the old 'ppo:' mapping is gone: write its fields at the top level)" if "ppo" in unknown else ""
+        raise ConfigError(f"{path}: unknown key(s) {unknown} for {name}; allowed: {allowed}{hint}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            if key in RUN_KEYS:
+                out[key] = _check_run_key(key, value)
+            else:
+                out[key] = FieldValue(config_class, key).convert(value)
+                check_field(config_class, key, out[key])
+        except (ConfigError, argparse.ArgumentTypeError) as err:
+            raise ConfigError(f"{path}: {key}: {err}" if isinstance(err, argparse.ArgumentTypeError) else f"{path}: {err}") from None
+    return out
 
 
-def _pick(flag: Any, config: dict[str, Any], key: str, default: Any) -> Any:
-    return flag if flag is not None else config.get(key, default)
+def _check_run_key(key: str, value: Any) -> Any:
+    from textgym.errors import ConfigError
+
+    if key == "env":
+        if not isinstance(value, dict):
+            raise ConfigError(f"env must be a mapping of gym.make_vec keyword arguments, got {value!r}")
+    elif key in ("timesteps", "num_envs", "seed"):
+        low = 0 if key == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key}={value!r} is not allowed; expected an integer >= {low}")
+    elif key in ("model", "algo") and not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} is not allowed; expected text")
+    return value
 
 
+# -- train / eval / bench ------------------------------------------------------------------------------
 def train_command(args: argparse.Namespace) -> int:
     """``textgym train``; also under ``torchrun --nproc_per_node=N -m textgym train ...`` (data-parallel)."""
-    from agents.distributed import record_errors
+    from agents.common.distributed import record_errors
 
     return record_errors(_train)(args)
 
@@ -109,32 +425,29 @@ def _train(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import textgym  # noqa: F401
-    from agents import TextPPO
-    from agents.persistence import list_checkpoints
+    from agents import algorithm, load_agent
+    from agents.common.persistence import list_checkpoints
     from textgym.errors import ConfigError
 
-    config = load_run_config(args.config)
     out = Path(args.out or args.resume or Path("runs") / args.id.split("/")[-1])
     if args.resume is not None:
-        if args.config is not None or args.model is not None or args.num_envs is not None or args.seed is not None:
-            raise ConfigError("--resume takes the run's settings from its checkpoint; drop --config/--model/--num-envs/--seed")
-        agent = TextPPO.load(args.resume)  # the newest valid checkpoint; broken ones are reported and skipped
+        given = [f"--{k.replace('_', '-')}" for k in ("algo", "config", "model", "num_envs", "seed") if getattr(args, k) is not None]
+        given += [f"--{k.replace('_', '-')}" for k in config_flags(args)]
+        if given:
+            raise ConfigError(f"--resume takes the run's algorithm and settings from its checkpoint; drop {' '.join(given)}")
+        agent = load_agent(args.resume)  # the newest valid checkpoint; broken ones are reported and skipped
         if agent.env.spec is None or agent.env.spec.id != args.id:
             raise ConfigError(f"--resume {args.resume!r} is a run of {getattr(agent.env.spec, 'id', None)!r}, not {args.id!r}")
-        timesteps = args.timesteps if args.timesteps is not None else agent._total_timesteps  # the run's own target
+        timesteps = args.timesteps if args.timesteps is not None else agent.total_timesteps  # the run's own target
         print(f"resuming {args.resume}: {agent.n_updates} updates, {agent.num_timesteps} tokens done of {timesteps}")
     else:
         if list_checkpoints(out):
             raise ConfigError(f"{str(out)!r} already holds checkpoints of a run; continue it with --resume {out} "
                               "or choose another --out")  # fmt: skip
-        model = _pick(args.model, config, "model", None)
-        env_kwargs = dict(config.get("env", {}))
-        if model is not None:
-            env_kwargs["model"] = model
-        env = gym.make_vec(args.id, num_envs=int(_pick(args.num_envs, config, "num_envs", 8)), **env_kwargs)
-        seed = int(_pick(args.seed, config, "seed", 0))
-        timesteps = int(_pick(args.timesteps, config, "timesteps", 2048))
-        agent = TextPPO("LMPolicy", env, model=model, seed=seed, **config.get("ppo", {}))
+        run = run_settings(args)
+        env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
+        timesteps = run["timesteps"]
+        agent = algorithm(run["algo"])("LMPolicy", env, model=run["model"], seed=run["seed"], config=run["config"])
     remaining = timesteps - agent.num_timesteps
     if remaining > 0:
         agent.learn(total_timesteps=remaining, reset_num_timesteps=False, save_dir=out,
@@ -144,29 +457,53 @@ def _train(args: argparse.Namespace) -> int:
     if not agent.dist.is_main:
         return 0
     last = agent.history[-1] if agent.history else {}
-    print(f"saved {list_checkpoints(out)[-1]}: {agent.n_updates} updates, {agent.num_timesteps} tokens, "
-          f"last reward {last.get('rollout/ep_rew_mean', float('nan')):.4f}, "
+    print(f"saved {list_checkpoints(out)[-1]}: {agent.name} ({type(agent).__name__}), {agent.n_updates} updates, "
+          f"{agent.num_timesteps} tokens, last reward {last.get('rollout/ep_rew_mean', float('nan')):.4f}, "
           f"KL to reference {last.get('rollout/kl_ref', float('nan')):.4f}")  # fmt: skip
     return 0
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A new run's settings from the ``--config`` YAML and the flags (flags win), all checked before anything
+    loads: ``algo``, ``config`` (the algorithm's config object), ``model``, ``num_envs``, ``seed``,
+    ``timesteps`` and ``env`` (``gym.make_vec`` keyword arguments, with the model)."""
+    from agents import algorithm
+    from textgym.errors import ConfigError
+
+    run = load_run_config(args.config, args.algo)
+    algo = args.algo or run.get("algo") or DEFAULT_ALGO
+    fields = {k: v for k, v in run.items() if k not in RUN_KEYS}
+    config = algorithm(algo).config_class.build(fields, **config_flags(args))
+
+    def pick(key: str, default: Any) -> Any:
+        flag = getattr(args, key)
+        return flag if flag is not None else run.get(key, default)
+
+    settings = {"algo": algo, "config": config, "model": pick("model", None), "num_envs": pick("num_envs", DEFAULT_NUM_ENVS),
+                "seed": pick("seed", DEFAULT_SEED), "timesteps": pick("timesteps", DEFAULT_TIMESTEPS),
+                "env": dict(run.get("env", {}))}  # fmt: skip
+    if settings["model"] is not None:
+        settings["env"]["model"] = settings["model"]
+    if settings["num_envs"] % config.group_size:
+        raise ConfigError(f"group_size={config.group_size} must divide num_envs={settings['num_envs']}")
+    return settings
 
 
 def eval_command(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import textgym  # noqa: F401
+    from agents.common.persistence import META, CheckpointError, check_checkpoint, list_checkpoints, newest_checkpoint
+    from agents.common.policies import LMPolicy
     from agents.evaluation import evaluate_policy_on_env
-    from agents.persistence import check_checkpoint, list_checkpoints, newest_checkpoint
-    from agents.policies import LMPolicy
 
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
-        if (path / "textppo.json").is_file():
+        if (path / META).is_file():
             check_checkpoint(path)
         elif list_checkpoints(path):
             path = newest_checkpoint(path)  # a run directory: its newest checkpoint that passes the checks
         elif not (path / "config.json").is_file():
-            from agents.persistence import CheckpointError
-
             raise CheckpointError(f"--checkpoint {str(path)!r} has no config.json (not a Hugging Face checkpoint)")
         spec = str(path)
     else:
@@ -181,16 +518,38 @@ def eval_command(args: argparse.Namespace) -> int:
     print(f"{args.id} [{args.split}] {spec}: {result['n']} samples, greedy")
     print(f"  reward     {result['reward_mean']:.4f}")
     for name, value in result["metrics"].items():
-        print(f"  {name:<10} {value:.4f}")
+        if name != "reward":  # printed above
+            print(f"  {name:<10} {value:.4f}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m agents.cli train ...``) until textgym's CLI wires these commands."""
+def bench_command(args: argparse.Namespace) -> int:
+    from agents.benchmark import run_benchmark
+
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    results = run_benchmark(
+        args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed, model=args.model, out=args.out
+    )
+    print((Path(args.out) / "results.md").read_text())
+    for cell in results["cells"]:
+        if cell.get("error"):
+            print(f"error in {cell['env']} / {cell['agent']}: {cell['error']}", file=sys.stderr)
+    print(f"wrote {args.out}/results.json, results.md, main_metric.png")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.cli train ...`` = ``textgym train ...`` (errors as one line, exit code 2)."""
+    from textgym.errors import TextGymError
+
     parser = argparse.ArgumentParser(prog="textgym")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args) or 0)
+    except TextGymError as err:
+        print(f"textgym: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.policies import LMPolicy
-from agents.rollout import generate_batch
+from agents.common.policies import LMPolicy
+from agents.common.rollout import collect_episodes
 
 
 def evaluate_policy_on_env(
@@ -25,7 +25,7 @@ def evaluate_policy_on_env(
     in order (reset option ``index``).  Returns the number of samples, the mean
     reward, the mean of every ``info["metrics"]`` entry and per-sample records.
     """
-    n_samples = len(env.setup.samples)
+    n_samples = env.text_spec.num_samples
     total = n_samples if episodes is None else min(int(episodes), n_samples)
     if total < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes!r}")
@@ -35,7 +35,7 @@ def evaluate_policy_on_env(
     for first in range(0, total, env.num_envs):
         indices = [min(first + k, total - 1) for k in range(env.num_envs)]
         obs, _ = env.reset(seed=seed if first == 0 else None, options={"index": indices})
-        batch = generate_batch(policy, env, obs, generator=generator, deterministic=deterministic)
+        batch = collect_episodes(policy, env, obs, generator=generator, deterministic=deterministic)
         assert batch is not None  # no callback: never aborted
         for k, index in enumerate(indices[: total - first]):
             info = batch.infos[k]

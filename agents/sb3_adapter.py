@@ -48,7 +48,7 @@ class SB3VecEnv(VecEnv):
     @property
     def action_mask(self) -> np.ndarray | None:
         """The task's static mask of allowed tokens (pass it as ``policy_kwargs={"action_mask": ...}``)."""
-        return self.venv.setup.action_mask
+        return self.venv.text_spec.action_mask
 
     def action_masks(self) -> np.ndarray:
         """(num_envs, vocab) allowed actions (sb3-contrib ``MaskablePPO`` convention)."""

@@ -10,7 +10,7 @@ sampling distribution (temperature 1, top_k 0, top_p 1, multinomial sampling,
 no other logits processor, stop at EOS):
 
 (a) ``model.generate`` with its KV cache, from the prompt tensors;
-(b) ``agents.rollout.generate_batch(policy, env, obs)`` as TextPPO runs it: the
+(b) ``agents.common.rollout.collect_episodes(policy, env, obs)`` as TextPPO runs it: the
     env ``reset`` that builds the observations, one ``env.step`` per token,
     the rewards (chrF on Translation-v0) and the final infos, ``LMPolicy`` with
     its KV cache.
@@ -32,8 +32,8 @@ import torch
 from transformers import GenerationConfig
 
 import textgym  # noqa: F401  (registers the env ids)
-from agents.policies import LMPolicy, first_real_column
-from agents.rollout import generate_batch
+from agents.common.policies import LMPolicy, first_real_column
+from agents.common.rollout import collect_episodes
 from textgym.models import load_model
 
 
@@ -59,7 +59,7 @@ def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: Gener
 def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator) -> tuple[int, float]:
     began = time.perf_counter()
     obs, _ = env.reset(seed=seed)
-    batch = generate_batch(policy, env, obs, generator=generator)
+    batch = collect_episodes(policy, env, obs, generator=generator)
     elapsed = time.perf_counter() - began
     return int(batch.gen_mask.sum()), elapsed
 

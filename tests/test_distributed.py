@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from agents.distributed import (
+from agents.common.distributed import (
     DEFAULT_TIMEOUT_S,
     Distributed,
     LaunchInfo,
@@ -28,8 +28,8 @@ from agents.distributed import (
     resolve_device,
     timeout_seconds,
 )
-from agents.losses import masked_mean, masked_whiten
-from agents.persistence import newest_checkpoint
+from agents.common.losses import masked_mean, masked_whiten
+from agents.common.persistence import newest_checkpoint
 from textgym.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,12 @@ WORKER = textwrap.dedent(
         return h.hexdigest()
 
     class Probe(TextPPO):
-        def _update(self, batch):
+        def checked_train(self, batch):
             if mode == "crash" and rank == 1 and self.n_updates == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "hang" and rank == 1 and self.n_updates == 1:
                 time.sleep(600)
-            stats = super()._update(batch)
+            stats = super().checked_train(batch)
             record = {"update": self.n_updates, "num_timesteps": self.num_timesteps,
                       "local_tokens": int(batch.gen_mask.sum()), "hash": param_hash(self),
                       "kl_coef": self.kl_ctl.value, "reward": stats["rollout/ep_rew_mean"],
@@ -83,8 +83,8 @@ WORKER = textwrap.dedent(
         batch = torch.load(out / "batch.pt", weights_only=False)
         half = len(batch) // 2
         mine = batch.select(torch.arange(rank * half, (rank + 1) * half))
-        agent._total_timesteps = 1
-        stats = agent._update(mine)
+        agent.total_timesteps = 1
+        stats = agent.checked_train(mine)
         torch.save({"params": agent.policy.state_dict(), "stats": stats, "kl_coef": agent.kl_ctl.value},
                    out / f"update_rank{rank}.pt")
     else:
@@ -206,7 +206,7 @@ def test_update_on_two_halves_equals_update_on_whole_batch(tmp_path: Path) -> No
 
     import textgym  # noqa: F401
     from agents import TextPPO
-    from agents.rollout import generate_batch
+    from agents.common.rollout import collect_episodes
 
     kwargs = {"seed": 0, "learning_rate": 0.05, "n_epochs": 2, "kl_target": 0.01, "kl_coef": 0.1, "verbose": 0}
     policy_kwargs = {"optimizer_class": torch.optim.SGD}
@@ -214,13 +214,13 @@ def test_update_on_two_halves_equals_update_on_whole_batch(tmp_path: Path) -> No
     agent = TextPPO("LMPolicy", env, model="tiny-random", policy_kwargs=policy_kwargs, **kwargs)
     initial = {k: v.clone() for k, v in agent.policy.state_dict().items()}
     obs, _ = env.reset(seed=3)
-    batch = generate_batch(agent.policy, env, obs, generator=torch.Generator().manual_seed(3))
+    batch = collect_episodes(agent.policy, env, obs, generator=torch.Generator().manual_seed(3))
     torch.save(batch, tmp_path / "batch.pt")
     script = _worker(tmp_path)
     proc, _ = _launch(tmp_path, [str(script), "update", str(tmp_path), json.dumps(kwargs)])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    agent._total_timesteps = 1
-    stats = agent._update(batch)
+    agent.total_timesteps = 1
+    stats = agent.checked_train(batch)
     single = agent.policy.state_dict()
     for rank in (0, 1):
         result = torch.load(tmp_path / f"update_rank{rank}.pt", weights_only=False)
@@ -297,7 +297,7 @@ def test_single_process_helpers_are_identities() -> None:
     means = one.means({"a": values, "b": (values, mask), "c": [1.0, 2.0, 4.0]})
     assert means == {"a": float(values.mean()), "b": float(masked_mean(values, mask)), "c": float(np.mean([1, 2, 4]))}
     assert one.sum(values) is values and one.sum_int(7) == 7
-    assert one.reduce_flags_and_sums(True, [1.5]) == (True, [1.5])
+    assert one.agree(True, [1.5]) == (True, [1.5])
     rng = np.random.default_rng(1)
     assert one.decorrelate(gen, rng) is rng and one.rank_seed(5) == 5
 

@@ -10,8 +10,8 @@ from torch import nn
 
 import textgym  # noqa: F401
 from agents import LMPolicy
-from agents.policies import disable_dropout
-from agents.rollout import generate_batch
+from agents.common.policies import disable_dropout
+from agents.common.rollout import collect_episodes
 from agents.sb3_adapter import SB3VecEnv
 from textgym.errors import ModelError
 
@@ -35,7 +35,7 @@ def as_float(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def test_vocab_mismatch_names_both_sizes(env) -> None:
     space = gym.spaces.Discrete(1000)
-    with pytest.raises(ModelError, match=r"1000 token ids.*49152"):
+    with pytest.raises(ModelError, match=r"1000 tokens.*49152"):
         LMPolicy(env.single_observation_space, space, lambda _: 1e-3, model="tiny-random")
 
 
@@ -84,7 +84,7 @@ def test_sequence_forward_equals_per_step_log_probs(env) -> None:
     """One forward over whole sequences gives the log-prob and value of every token, aligned by column."""
     policy = make_policy(env, temperature=0.7)
     obs, _ = env.reset(seed=2)
-    batch = generate_batch(policy, env, obs, generator=torch.Generator().manual_seed(0))
+    batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logp, _, values = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len)
         P = batch.prompt_len
@@ -105,7 +105,7 @@ def test_eos_that_equals_pad_is_kept_in_the_mask(env) -> None:
     seen = 0
     for seed in range(6):
         obs, _ = env.reset(seed=seed)
-        batch = generate_batch(policy, env, obs, generator=torch.Generator().manual_seed(seed))
+        batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(seed))
         for i in torch.nonzero(batch.ended_with_eos).squeeze(1).tolist():
             n = int(batch.lengths[i])
             assert int(batch.input_ids[i, batch.prompt_len + n - 1]) == eos  # EOS is a real, trained token

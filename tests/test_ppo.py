@@ -15,10 +15,10 @@ from stable_baselines3.common.logger import configure
 
 import textgym  # noqa: F401
 from agents import TextPPO
-from agents.persistence import CheckpointError
+from agents.common.persistence import CheckpointError
 from textgym.errors import ModelError
 
-FAST = {"model": "tiny-random", "learning_rate": 1e-3, "verbose": 0, "n_epochs": 2}
+FAST = {"model": "tiny-random", "learning_rate": 1e-3, "verbose": 0, "n_epochs": 2, "n_rollouts": 1}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_resume_equals_straight_training(tmp_path: Path) -> None:
 def test_checkpoint_is_a_plain_hf_model_and_saves_atomically(tmp_path: Path, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from agents import persistence
+    from agents.common import persistence
 
     agent = TextPPO("LMPolicy", copy_env(), seed=0, **FAST)
     agent.learn(1)
@@ -110,7 +110,7 @@ def test_bad_inputs() -> None:
         TextPPO("LMPolicy", gym.make("Pendulum-v1"), model="tiny-random", verbose=0)
     with pytest.raises(ValueError, match=r"unknown policy 'MlpPolicy'; allowed: \['LMPolicy'\]"):
         TextPPO("MlpPolicy", env, model="tiny-random", verbose=0)
-    with pytest.raises(TypeError, match="unknown TextPPO argument"):
+    with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['n_steps'\]; allowed: \['learning_rate'"):
         TextPPO("LMPolicy", env, model="tiny-random", n_steps=5)
     with pytest.raises(ValueError, match="gae_lambda must be in"):
         TextPPO("LMPolicy", env, model="tiny-random", gae_lambda=2.0)
@@ -179,9 +179,9 @@ def test_top_k_top_p_temperature_give_consistent_old_log_probs() -> None:
     # so the first epoch starts at ratio 1 and nothing explodes
     assert first["train/skipped_minibatches"] == 0 and np.isfinite(first["train/approx_kl"])
     obs, _ = agent.env.reset(seed=0)
-    from agents.rollout import generate_batch
+    from agents.common.rollout import collect_episodes
 
-    batch = generate_batch(agent.policy, agent.env, obs, generator=torch.Generator().manual_seed(0))
+    batch = collect_episodes(agent.policy, agent.env, obs, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logp, _, _ = agent.policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len)
     assert torch.isfinite(logp[batch.gen_mask]).all()
@@ -209,15 +209,15 @@ def test_lora_reference_is_the_base_with_adapters_off(tmp_path: Path) -> None:
 
 def test_group_size_repeats_prompts_and_centres_scores_on_the_other_completions() -> None:
     env = gym.make_vec("textgym/Translation-v0", num_envs=8, model="tiny-random", max_new_tokens=6)
-    agent = TextPPO("LMPolicy", env, seed=1, group_size=4, kl_coef=0.0, **FAST)
-    batch = agent._collect(agent._init_callback(None))
+    agent = TextPPO("LMPolicy", env, seed=1, group_size=4, kl_coef=0.0, reward_scaling=False, **FAST)
+    batch = agent.collect(agent._init_callback(None))
     prompts = batch.input_ids[:, : batch.prompt_len]
     ids = [info["sample_id"] for info in batch.infos]
     for k in range(2):  # slots [4k, 4k+4) hold one drawn prompt, 4 completions of it
         assert len(set(ids[4 * k : 4 * k + 4])) == 1
         assert (prompts[4 * k : 4 * k + 4] == prompts[4 * k]).all()
     assert batch.input_ids[:4, batch.prompt_len :].unique(dim=0).shape[0] > 1  # different completions
-    stats = agent._prepare(batch)
+    stats = agent.checked_train(batch)
     scores = batch.scores.view(2, 4)
     others = (scores.sum(1, keepdim=True) - scores) / 3
     # KL coefficient 0: the reward of an episode is its score minus the mean of its group's other scores

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
-from agents.losses import (
+from agents.common.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
+from agents.common.losses import (
     at_last_token,
     clipped_policy_loss,
     clipped_value_loss,
@@ -20,7 +20,7 @@ from agents.losses import (
     masked_whiten,
     token_rewards,
 )
-from agents.sampling import filter_logits, log_probs_and_entropy
+from agents.common.sampling import filter_logits, log_probs_and_entropy
 
 
 def t(x: object) -> torch.Tensor:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import textgym  # noqa: F401
 from agents import TextPPO
-from agents.persistence import CheckpointError, NonFiniteError, list_checkpoints, newest_checkpoint
+from agents.common.persistence import CheckpointError, NonFiniteError, list_checkpoints, newest_checkpoint
 from tests.test_ppo import FAST, copy_env
 
 ROOT = Path(__file__).parents[1]
@@ -136,9 +136,9 @@ def test_non_finite_losses_skip_updates_then_stop_with_a_good_checkpoint(tmp_pat
 
 
 def test_a_non_finite_reward_skips_one_update_and_training_goes_on(monkeypatch) -> None:
-    from agents import ppo
+    from agents.common import on_policy
 
-    real = ppo.generate_batch
+    real = on_policy.collect_episodes
     calls = []
 
     def one_nan_reward(*args, **kwargs):
@@ -148,13 +148,13 @@ def test_a_non_finite_reward_skips_one_update_and_training_goes_on(monkeypatch) 
             batch.env_rewards[0, 0] = float("inf")
         return batch
 
-    monkeypatch.setattr(ppo, "generate_batch", one_nan_reward)
+    monkeypatch.setattr(on_policy, "collect_episodes", one_nan_reward)
     agent = TextPPO("LMPolicy", copy_env(4), seed=0, **FAST)
     before = agent.policy.lm.lm_head.weight.detach().clone()
     with pytest.warns(RuntimeWarning, match=r"1 episode\(s\) with a non-finite reward in the rollout; update skipped"):
         agent.learn(40)
     assert agent.history[0]["train/skipped_update"] == 1.0 and np.isnan(agent.history[0]["rollout/ep_rew_mean"])
-    assert agent.n_updates == len(calls) - 1 >= 1 and agent._nonfinite_streak == 0
+    assert agent.n_updates == len(calls) - 1 >= 1 and agent.nonfinite_streak == 0
     assert not torch.equal(before, agent.policy.lm.lm_head.weight)  # the later updates trained
 
 
@@ -171,7 +171,8 @@ def test_save_refuses_non_finite_weights(tmp_path: Path) -> None:
 # -- textgym train in a subprocess, killed at exact points ---------------------------------------
 LAUNCHER = """
 import os, sys, time, pathlib
-from agents import persistence, ppo
+from agents import ppo
+from agents.common import persistence
 marker, where, at = pathlib.Path(os.environ["MARKER"]), os.environ["PAUSE_IN"], int(os.environ["PAUSE_AT"])
 
 def pause(what):
@@ -179,7 +180,7 @@ def pause(what):
     time.sleep(600)
 
 if where == "update":  # after the first optimizer step of update number at + 1
-    update = ppo.TextPPO._update
+    update = ppo.TextPPO.checked_train
     def paused_update(self, batch):
         if self.n_updates == at:
             step = self.policy.optimizer.step
@@ -188,7 +189,7 @@ if where == "update":  # after the first optimizer step of update number at + 1
                 pause("update")
             self.policy.optimizer.step = first_step_then_pause
         return update(self, batch)
-    ppo.TextPPO._update = paused_update
+    ppo.TextPPO.checked_train = paused_update
 else:  # while checkpoint-<at> is written: the weights are on disk, the rest is not
     write = persistence._write
     def paused_write(agent, out):

@@ -9,9 +9,9 @@ import torch
 
 import textgym  # noqa: F401
 from agents import LMPolicy
-from agents.policies import positions_from_mask, run_decoder, shared_prefix_forward
-from agents.rollout import generate_batch
-from agents.sampling import log_probs_and_entropy, sample_tokens
+from agents.common.policies import positions_from_mask, run_decoder, shared_prefix_forward
+from agents.common.rollout import collect_episodes
+from agents.common.sampling import log_probs_and_entropy, sample_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +53,7 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
 
     policy.decode_step = recording
     obs, _ = env.reset(seed=5)
-    batch = generate_batch(policy, env, obs, generator=torch.Generator().manual_seed(0))
+    batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(0))
     P, mask = batch.prompt_len, batch.gen_mask
     tokens = batch.input_ids[:, P:]
     rollout_logp = torch.stack(

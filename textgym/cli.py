@@ -3,9 +3,12 @@
     textgym list                      registered ids with one-line descriptions
     textgym info ID                   spaces, reward, data and split sizes of an id
     textgym play ID [--model M]       one episode with a model, printed readably
-    textgym bench [--envs all] [--agents random,zero-shot,ppo:DIR] ...   benchmark table + plots
     textgym new-task NAME             a task skeleton (module + YAML entry + test)
-    textgym train / eval ...          PPO training and evaluation (agents package)
+
+More commands come from installed packages through the ``textgym.commands``
+entry point group: each entry is a function called with the argparse
+subparsers.  This distribution's ``agents`` package adds ``train``, ``eval``
+and ``bench`` that way (textgym itself never imports ``agents``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
 import textgym
 from textgym.errors import TextGymError
+
+COMMANDS_GROUP = "textgym.commands"
+"""Entry point group of the commands that other packages add (``agents`` adds train, eval and bench)."""
 
 
 def _entry(env_id: str) -> textgym.registry.EnvEntry:
@@ -77,21 +82,6 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from agents.benchmark import run_benchmark
-
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    results = run_benchmark(
-        args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed, model=args.model, out=args.out
-    )
-    print((Path(args.out) / "results.md").read_text())
-    errors = [c for c in results["cells"] if c.get("error")]
-    for cell in errors:
-        print(f"error in {cell['env']} / {cell['agent']}: {cell['error']}", file=sys.stderr)
-    print(f"wrote {args.out}/results.json, results.md, main_metric.png")
-    return 0
-
-
 def cmd_new_task(args: argparse.Namespace) -> int:
     from textgym.scaffold import new_task
 
@@ -109,29 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="spaces, reward, data and split sizes of an env id")
-    p.add_argument("id")
-    p.add_argument("--model", default=None, help="model alias, path or hub id (tokenizer); default: SmolLM2")
+    p.add_argument("id", help="env id, e.g. textgym/Copy-v0")
+    p.add_argument("--model", default=None, help="model alias, path or hub id, for the tokenizer (default: SmolLM2)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("play", help="play episodes with a model and print them")
-    p.add_argument("id")
-    p.add_argument("--model", default=None, help="model alias, path or hub id; default: SmolLM2-135M-Instruct")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="test")
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("id", help="env id, e.g. textgym/Copy-v0")
+    p.add_argument("--model", default=None, help="model alias, path or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--split", default="test", help="(default: test)")
+    p.add_argument("--episodes", type=int, default=1, help="(default: 1)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (default: sampling)")
     p.set_defaults(func=cmd_play)
-
-    p = sub.add_parser("bench", help="benchmark agents across envs: results.json, results.md, plots")
-    p.add_argument("--envs", default="all", help="all, or comma-separated ids")
-    p.add_argument("--agents", default="random,zero-shot", help="comma-separated: random, zero-shot, ppo:DIR")
-    p.add_argument("--episodes", type=int, default=16, help="episodes per (env, agent) cell")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer")
-    p.add_argument("--out", default="bench_results", help="output folder (re-run to resume)")
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("new-task", help="write a commented task skeleton (module, YAML entry, test)")
     p.add_argument("name", help="lower-case identifier, e.g. arithmetic")
@@ -139,17 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="my", help="env id namespace (default: my -> my/Name-v0)")
     p.set_defaults(func=cmd_new_task)
 
-    _add_agent_commands(sub)
+    add_entry_point_commands(sub)
     return parser
 
 
-def _add_agent_commands(sub: Any) -> None:
-    """train/eval live in the agents package (same distribution); textgym never imports it otherwise."""
-    try:
-        from agents.cli import add_commands
-    except ImportError:
-        return
-    add_commands(sub)
+def add_entry_point_commands(sub: Any, group: str = COMMANDS_GROUP) -> None:
+    """Call every ``group`` entry point (``add_commands(subparsers)``), e.g. agents' train/eval/bench.
+
+    One that fails to load is reported on stderr and skipped, so the other commands keep working.
+    """
+    from importlib.metadata import entry_points
+
+    seen = set()
+    for entry in entry_points(group=group):
+        if entry.name in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(entry.name)
+        try:
+            entry.load()(sub)
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not break `textgym list`
+            print(f"textgym: warning: commands of {entry.value!r} not loaded: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

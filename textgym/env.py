@@ -10,6 +10,7 @@ import numpy as np
 from textgym.envsetup import EnvSetup
 from textgym.episodes import Episodes, check_actions
 from textgym.errors import ConfigError
+from textgym.spec import TextSpec
 
 RENDER_MODES = ["ansi"]
 
@@ -102,6 +103,11 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     @property
     def tokenizer(self) -> Any:
         return self.setup.tokenizer
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """Tokenizer, special ids, lengths, action mask and prompt format (:class:`~textgym.spec.TextSpec`)."""
+        return self.setup.spec(None if self.spec is None else self.spec.id)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -19,6 +19,7 @@ from textgym.data.base import Sample, check_split
 from textgym.errors import ConfigError
 from textgym.models import load_tokenizer
 from textgym.rewards.base import Reward, RewardSpec
+from textgym.spec import TextSpec
 from textgym.tasks.base import Task
 
 RewardMode = Literal["sparse", "dense"]
@@ -138,6 +139,23 @@ class EnvSetup:
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.encoded_prompt(0)  # an instruction that cannot fit fails here, not mid-training
+
+    def spec(self, env_id: str | None = None) -> TextSpec:
+        """The public facts an agent needs (:class:`~textgym.spec.TextSpec`)."""
+        return TextSpec(
+            env_id=env_id,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            vocab_size=self.vocab_size,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_new_tokens=self.max_new_tokens,
+            action_mask=self.action_mask,
+            chat=bool(getattr(self.task, "chat", False)),
+            multi_turn=bool(self.task.multi_turn),
+            num_samples=len(self.samples),
+        )
 
     def _check_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
         if mask is None:

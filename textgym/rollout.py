@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from textgym.spec import TextSpec
+
 
 class _MaskLogits:
     """A transformers logits processor that forbids the tokens a mask excludes."""
@@ -36,20 +38,6 @@ class _MaskLogits:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         blocked = self.blocked.to(scores.device)
         return scores.masked_fill(blocked[: scores.shape[-1]], float("-inf"))
-
-
-def filler_token(setup: Any) -> int:
-    """An allowed token that is not EOS, to keep finished slots of a lockstep batch busy.
-
-    A slot that ended gets it until the batch ends: Gymnasium's autoreset
-    starts a new episode there, which would need ``max_new_tokens`` more
-    steps to end, so it is never scored before the next ``reset()``.  EOS
-    only when the action mask allows nothing else.
-    """
-    allowed = np.ones(setup.vocab_size, dtype=bool) if setup.action_mask is None else setup.action_mask.copy()
-    allowed[setup.eos_id] = False
-    others = np.flatnonzero(allowed)
-    return int(others[0]) if others.size else int(setup.eos_id)
 
 
 def generate_tokens(
@@ -89,21 +77,21 @@ def generate_tokens(
     return out[:, input_ids.shape[1] :].cpu().numpy()
 
 
-Responder = Callable[[dict[str, np.ndarray], dict[str, Any], Any], np.ndarray]
+Responder = Callable[[dict[str, np.ndarray], dict[str, Any], TextSpec], np.ndarray]
 
 
 def lm_responder(model: Any, *, do_sample: bool = False, temperature: float = 1.0, seed: int | None = None) -> Responder:
     """A responder that answers with a causal LM's batched ``generate`` (KV cache)."""
 
-    def respond(obs: dict[str, np.ndarray], infos: dict[str, Any], setup: Any) -> np.ndarray:
-        cols = setup.max_prompt_tokens
+    def respond(obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
+        cols = spec.max_prompt_tokens
         return generate_tokens(
             model,
             obs["input_ids"][:, :cols],
             obs["attention_mask"][:, :cols],
-            max_new_tokens=setup.max_new_tokens,
-            eos_id=setup.eos_id,
-            action_mask=setup.action_mask,
+            max_new_tokens=spec.max_new_tokens,
+            eos_id=spec.eos_id,
+            action_mask=spec.action_mask,
             do_sample=do_sample,
             temperature=temperature,
             seed=seed,
@@ -121,23 +109,23 @@ def play_episodes(
 ) -> list[dict[str, Any]]:
     """One episode per slot of ``envs``; returns each slot's final info (metrics, texts, reward).
 
-    ``respond(obs, infos, setup)`` (the reset observation and infos, and the
-    env's :class:`~textgym.envsetup.EnvSetup`) returns the answer tokens of every slot, shape
+    ``respond(obs, infos, spec)`` (the reset observation and infos, and the
+    env's :class:`~textgym.spec.TextSpec`) returns the answer tokens of every slot, shape
     ``(num_envs, <= max_new_tokens)`` (:func:`lm_responder` makes one from a
     causal LM).  The tokens are fed
     to the env one step at a time, so rewards and infos are exactly the
     token-level env's.
     """
     env = envs.unwrapped if hasattr(envs, "unwrapped") else envs
-    setup = env.setup
+    spec = env.text_spec
     obs, reset_infos = env.reset(seed=seed, options=options)
-    tokens = np.asarray(respond(obs, reset_infos, setup), dtype=np.int64)
+    tokens = np.asarray(respond(obs, reset_infos, spec), dtype=np.int64)
     n = env.num_envs
     finals: list[dict[str, Any] | None] = [None] * n
     ended = np.zeros(n, dtype=bool)
-    filler = filler_token(setup)
-    for t in range(setup.max_new_tokens):
-        column = tokens[:, t] if t < tokens.shape[1] else np.full(n, setup.eos_id)
+    filler = spec.filler_token
+    for t in range(spec.max_new_tokens):
+        column = tokens[:, t] if t < tokens.shape[1] else np.full(n, spec.eos_id)
         # Slots that already ended get a non-EOS filler: their autoreset
         # episode would need max_new_tokens more steps to end, so it is never
         # scored before this loop stops.

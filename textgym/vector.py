@@ -26,6 +26,7 @@ from textgym.env import RENDER_MODES, check_render_mode
 from textgym.envsetup import EnvSetup
 from textgym.episodes import Episodes, check_actions
 from textgym.errors import ConfigError, ResetNeeded
+from textgym.spec import TextSpec
 
 
 def _autoreset_mode(value: Any) -> AutoresetMode:
@@ -80,6 +81,19 @@ class TextVectorEnv(VectorEnv):
     @property
     def tokenizer(self) -> Any:
         return self.setup.tokenizer
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Keep samples ``rank, rank + world_size, ...`` of the split: one data-parallel rank's share.
+
+        ``reset(options={"index": i})`` then indexes the shard; calling it again with the same shard
+        does nothing.
+        """
+        self.setup.shard(rank, world_size)
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """Tokenizer, special ids, lengths, action mask and prompt format (:class:`~textgym.spec.TextSpec`)."""
+        return self.setup.spec(None if self.spec is None else self.spec.id)
 
     def _reset_slots(self, slots: np.ndarray, options: dict[str, Any] | None, infos: dict[str, Any]) -> dict[str, Any]:
         # The action mask is not repeated per slot in infos: use action_masks().

@@ -1,4 +1,4 @@
-"""Rollout storage for TextPPO: one row per generated sequence, not one per step.
+"""Rollout storage of the on-policy algorithms: one row per generated sequence, not one per step.
 
 A :class:`SequenceBatch` holds whole episodes as padded tensors (prompt
 left-padded in columns [0, P), generated tokens in [P, P+T)); the update
@@ -28,7 +28,8 @@ class SequenceBatch:
         infos: the final info dict of each episode (text, metrics).
         old_logp, values: (B, T) the rollout policy's log-prob of each generated token and the critic's
             value before it, recorded by the rollout (None: recomputed before the update).
-        ref_logp, advantages, returns, rewards: (B, T) filled before the update.
+        ref_logp, kl: (B, T) the reference's log-probs and the per-token KL estimate, filled by ``prepare``.
+        advantages, returns, rewards: filled by the algorithm ((B, T), or (B,) for sequence-level advantages).
     """
 
     input_ids: torch.Tensor
@@ -39,6 +40,7 @@ class SequenceBatch:
     infos: list[dict[str, Any]] = field(default_factory=list)
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
     values: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None

@@ -20,7 +20,7 @@ What each rank does (the agent calls these helpers):
   (:meth:`Distributed.masked_whiten`), token counts of the loss normalisation
   (:meth:`Distributed.sum`), the KL controller, target-KL early stop, the
   exploded-ratio skip and the logged means (:meth:`Distributed.means`,
-  :meth:`Distributed.reduce_flags_and_sums`);
+  :meth:`Distributed.agree`);
 * only rank 0 logs, shows a progress bar, runs callbacks (evaluation) and saves
   (:attr:`Distributed.is_main`).
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from agents.losses import masked_whiten
+from agents.common.losses import masked_whiten
 from textgym.errors import ConfigError, TextGymError
 
 TIMEOUT_ENV = "TEXTGYM_DIST_TIMEOUT_S"
@@ -285,8 +285,12 @@ class Distributed:
             return value
         return int(self.sum(torch.tensor(value, dtype=torch.float64)).item())
 
-    def reduce_flags_and_sums(self, flag: bool, sums: Sequence[float]) -> tuple[bool, list[float]]:
-        """``(any rank's flag, per-entry sums over ranks)`` in one collective; identity with one process."""
+    def agree(self, flag: bool, sums: Sequence[float]) -> tuple[bool, list[float]]:
+        """One rank-wide decision: ``(any rank's flag, per-entry sums over ranks)`` in one collective.
+
+        Every decision that must be the same on all ranks (skip a mini-batch, stop on a signal, stop
+        early) goes through here; with one process it is the identity.
+        """
         if not self.enabled:
             return flag, list(sums)
         out = torch.tensor([float(flag), *sums], dtype=torch.float64, device=self._comm_device())
@@ -303,7 +307,7 @@ class Distributed:
         Names seen on only some ranks are averaged over the ranks that have them.
         """
         if not self.enabled:
-            from agents.losses import masked_mean
+            from agents.common.losses import masked_mean
 
             out: dict[str, float] = {}
             for name, value in stats.items():
@@ -335,7 +339,7 @@ class Distributed:
         return {name: (s / n if n else float("nan")) for name, (s, n) in totals.items()}
 
     def masked_whiten(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """:func:`agents.losses.masked_whiten` with the mean and (Bessel) variance of the masked entries of all ranks."""
+        """:func:`agents.common.losses.masked_whiten` with the mean and (Bessel) variance of the masked entries of all ranks."""
         if not self.enabled:
             return masked_whiten(values, mask)
         maskb = mask.bool()
@@ -363,7 +367,7 @@ class Distributed:
         has fewer samples than ranks.
         """
         if self.enabled:
-            env.setup.shard(self.rank, self.world_size)
+            env.shard(self.rank, self.world_size)
 
     def rank_seed(self, seed: int | None) -> int | None:
         """This rank's seed: ``seed`` itself on rank 0, a hash of ``(seed, rank)`` elsewhere (None stays None)."""

@@ -1,15 +1,19 @@
-"""Saving and loading TextPPO: a Hugging Face checkpoint plus the state needed to resume exactly.
+"""Saving and loading an on-policy agent: a Hugging Face checkpoint plus the state to resume exactly.
+
+Persistence knows agents only through their public surface (``config``,
+``policy``, ``reference``, ``state_dict()`` / ``load_state_dict()``); it never
+imports an algorithm: :func:`load_agent` is given the class to build.
 
 Layout of a save directory::
 
     config.json, model.safetensors, generation_config.json, tokenizer files
                           the policy LM (LoRA merged in): AutoModelForCausalLM.from_pretrained(dir) loads it
-    textppo.json          hyperparameters, model spec, env id/kwargs, counters
+    textppo.json          algorithm, hyperparameters, model spec, env id/kwargs, counters
     value_head.safetensors  value head (and the critic trunk with separate_critic=True)
     adapter/              LoRA adapters (peft format), when LoRA is on
     reference/            the frozen reference model, only when it cannot be reloaded from a model spec
     optimizer.pt          optimizer state
-    training_state.pt     KL controller, RNG states (torch, numpy, sampling generator), history
+    training_state.pt     the agent's state_dict(): RNG states, counters, history, the algorithm's own state
     manifest.json         every other file and its size, written last: loading checks it
 
 Writes are atomic: everything goes to a temporary sibling directory that
@@ -35,16 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from agents.config import TextPPOConfig
 from textgym.errors import TextGymError
 
 if TYPE_CHECKING:
-    from agents.ppo import TextPPO
+    from agents.common.on_policy import OnPolicyAlgorithm as Agent
 
 T = TypeVar("T")
 
@@ -57,7 +59,7 @@ _CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 
 
 class CheckpointError(TextGymError, ValueError):
-    """A TextPPO checkpoint directory is missing, incomplete or unreadable."""
+    """A Agent checkpoint directory is missing, incomplete or unreadable."""
 
 
 class NonFiniteError(TextGymError, FloatingPointError):
@@ -75,7 +77,7 @@ def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _env_meta(agent: TextPPO) -> dict[str, Any]:
+def _env_meta(agent: Agent) -> dict[str, Any]:
     spec = getattr(agent.env, "spec", None)
     if spec is None:
         return {"id": None, "kwargs": {}, "num_envs": agent.env.num_envs}
@@ -83,8 +85,8 @@ def _env_meta(agent: TextPPO) -> dict[str, Any]:
     return {"id": spec.id, "kwargs": _json_safe(kwargs), "num_envs": agent.env.num_envs}
 
 
-def save_agent(agent: TextPPO, path: str | os.PathLike[str]) -> None:
-    """See :meth:`agents.TextPPO.save`."""
+def save_agent(agent: Agent, path: str | os.PathLike[str]) -> None:
+    """See :meth:`agents.Agent.save`."""
     target = Path(path)
     bad = [name for name, p in agent.policy.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
@@ -108,7 +110,7 @@ def save_agent(agent: TextPPO, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def _write(agent: TextPPO, out: Path) -> None:
+def _write(agent: Agent, out: Path) -> None:
     policy = agent.policy
     lora = hasattr(policy.lm, "disable_adapter")
     if lora:
@@ -118,7 +120,7 @@ def _write(agent: TextPPO, out: Path) -> None:
         del merged
     else:
         policy.lm.save_pretrained(str(out), safe_serialization=True)
-    agent.env.setup.tokenizer.save_pretrained(str(out))
+    agent.spec.tokenizer.save_pretrained(str(out))
     heads = {f"value_head.{k}": v for k, v in policy.value_head.state_dict().items()}
     if policy.critic is not None:
         heads.update({f"critic.{k}": v for k, v in policy.critic.state_dict().items()})
@@ -131,6 +133,7 @@ def _write(agent: TextPPO, out: Path) -> None:
         config["lora"] = True  # the adapter config itself is in adapter/
     meta = {
         "format": FORMAT_VERSION,
+        "algo": agent.name,
         "policy_class": type(policy).__name__,
         "model_spec": None if spec is None else os.fspath(spec),
         "lora": lora,
@@ -140,20 +143,12 @@ def _write(agent: TextPPO, out: Path) -> None:
         "env": _env_meta(agent),
         "seed": agent.seed,
         "num_timesteps": agent.num_timesteps,
-        "total_timesteps": agent._total_timesteps,  # the target of the learn() call in progress
         "n_updates": agent.n_updates,
         "verbose": agent.verbose,
     }
     (out / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     torch.save(policy.optimizer.state_dict(), out / "optimizer.pt")
-    state = {
-        "kl_controller": agent.kl_ctl.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "sampling_rng": agent._torch_gen.get_state(),
-        "numpy_rng": agent._np_rng.bit_generator.state,
-        "history": agent.history,
-    }
-    torch.save(state, out / "training_state.pt")
+    torch.save(agent.state_dict(), out / "training_state.pt")
     sizes = {f.relative_to(out).as_posix(): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()}
     (out / MANIFEST).write_text(json.dumps(sizes, indent=1), encoding="utf-8")  # last: its presence = complete
 
@@ -201,12 +196,20 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_agent(cls: type[TextPPO], path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> TextPPO:
-    """See :meth:`agents.TextPPO.load`: one checkpoint, or the newest valid one of a run directory."""
+def load_agent(cls: type[Agent], path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> Agent:
+    """See :meth:`agents.Agent.load`: one checkpoint, or the newest valid one of a run directory."""
     root = Path(path)
     if (root / META).is_file() or not list_checkpoints(root):
         return _load_checkpoint(cls, root, env, device, **overrides)
     return _newest_valid(root, lambda candidate: _load_checkpoint(cls, candidate, env, device, **overrides))
+
+
+def checkpoint_algorithm(path: str | os.PathLike[str]) -> str:
+    """The algorithm name (``"ppo"``, ...) a checkpoint or a run directory's newest checkpoint was saved by."""
+    root = Path(path)
+    if not (root / META).is_file() and list_checkpoints(root):
+        root = newest_checkpoint(root)
+    return str(check_checkpoint(root).get("algo", "ppo"))
 
 
 def newest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
@@ -234,7 +237,7 @@ def _newest_valid(root: Path, attempt: Callable[[Path], T]) -> T:
 _READ_ERRORS = (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, SafetensorError)
 
 
-def _load_checkpoint(cls: type[TextPPO], root: Path, env: Any, device: Any, **overrides: Any) -> TextPPO:
+def _load_checkpoint(cls: type[Agent], root: Path, env: Any, device: Any, **overrides: Any) -> Agent:
     import gymnasium as gym
 
     from textgym.models import load_model
@@ -245,11 +248,15 @@ def _load_checkpoint(cls: type[TextPPO], root: Path, env: Any, device: Any, **ov
         if env_meta["id"] is None:
             raise CheckpointError(f"checkpoint {str(root)!r} does not record its env id; pass env=")
         env = gym.make_vec(env_meta["id"], num_envs=env_meta["num_envs"], **env_meta["kwargs"])
-    config = {k: v for k, v in meta["config"].items() if k in TextPPOConfig.names()}
+    algo = meta.get("algo", "ppo")
+    if cls.name and algo != cls.name:
+        raise CheckpointError(f"checkpoint {str(root)!r} is a {algo!r} agent, not {cls.name!r}; load it with its own class")
+    names = cls.config_class.names()
+    config = {k: v for k, v in meta["config"].items() if k in names}
     if meta.get("callable_learning_rate") and "learning_rate" not in overrides:
         raise CheckpointError("the agent was trained with a learning-rate schedule function; pass learning_rate= to load()")
-    config.update({k: v for k, v in overrides.items() if k in TextPPOConfig.names()})
-    other = {k: v for k, v in overrides.items() if k not in TextPPOConfig.names()}
+    config.update({k: v for k, v in overrides.items() if k in names})
+    other = {k: v for k, v in overrides.items() if k not in names}
     spec = meta["model_spec"]
     agent = cls(
         meta["policy_class"],
@@ -257,11 +264,11 @@ def _load_checkpoint(cls: type[TextPPO], root: Path, env: Any, device: Any, **ov
         model=spec,
         policy_kwargs=meta.get("policy_kwargs") or None,
         seed=meta["seed"],
-        verbose=other.pop("verbose", meta.get("verbose", 1)),
+        verbose=other.pop("verbose", meta.get("verbose", 0)),
         device=device,
-        _init_setup=False,
+        config=config,
+        init_model=False,
         **other,
-        **config,
     )
     try:
         if meta["lora"]:
@@ -277,21 +284,12 @@ def _load_checkpoint(cls: type[TextPPO], root: Path, env: Any, device: Any, **ov
         state = torch.load(root / "training_state.pt", weights_only=False)
     except _READ_ERRORS as err:
         raise CheckpointError(f"checkpoint {str(root)!r} could not be read: {type(err).__name__}: {err}") from err
-    agent._setup_model(lm, reference=reference)
+    agent.setup_model(lm, reference=reference)
     agent.policy.value_head.load_state_dict({k[11:]: v for k, v in heads.items() if k.startswith("value_head.")})
     if agent.policy.critic is not None:
         agent.policy.critic.load_state_dict({k[7:]: v for k, v in heads.items() if k.startswith("critic.")})
     agent.policy.optimizer.load_state_dict(optimizer)  # moves the state to the parameters' device
-    agent.kl_ctl.load_state_dict(state["kl_controller"])
-    torch.set_rng_state(state["torch_rng"])
-    agent._torch_gen.set_state(state["sampling_rng"])
-    agent._np_rng = np.random.default_rng()
-    agent._np_rng.bit_generator.state = state["numpy_rng"]
-    agent._np_rng = agent.dist.decorrelate(agent._torch_gen, agent._np_rng)  # ranks > 0: their own streams
-    agent.history = list(state["history"])
-    agent.num_timesteps = int(meta["num_timesteps"])
-    agent._total_timesteps = int(meta.get("total_timesteps", agent.num_timesteps))
-    agent.n_updates = int(meta["n_updates"])
+    agent.load_state_dict(state)
     return agent
 
 
@@ -305,7 +303,7 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=_update_count)
 
 
-def save_checkpoint(agent: TextPPO, run_dir: str | os.PathLike[str], keep: int = 2) -> Path:
+def save_checkpoint(agent: Agent, run_dir: str | os.PathLike[str], keep: int = 2) -> Path:
     """Save ``run_dir/checkpoint-<n_updates>`` atomically, then delete all but the ``keep`` newest.
 
     Temp folders left by a save that was killed are removed; a valid checkpoint
@@ -325,6 +323,23 @@ def save_checkpoint(agent: TextPPO, run_dir: str | os.PathLike[str], keep: int =
     for old in upto[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def stop_nonfinite(agent: Agent, save_dir: str | os.PathLike[str] | None, keep: int) -> None:
+    """K updates in a row were non-finite: save the (never-updated-with-NaN) weights and raise."""
+    where = "no save_dir was given; the agent's weights were never updated with non-finite values"
+    if save_dir is not None:
+        try:
+            agent.save_checkpoint(save_dir, keep)
+        except NonFiniteError:  # weights went bad some other way: the older checkpoints stay
+            pass
+        good = list_checkpoints(save_dir)
+        where = f"last good checkpoint: {good[-1]}" if good else f"no checkpoint in {str(save_dir)!r}"
+    raise NonFiniteError(
+        f"{agent.nonfinite_streak} updates in a row had non-finite rewards or losses (last: {agent.nonfinite_reason}); "
+        f"training stopped at update {agent.n_updates}, {agent.num_timesteps} tokens ({where}). Lower learning_rate, "
+        "check the reward function, or raise max_nonfinite_updates."
+    )
 
 
 def _update_count(checkpoint: Path) -> int:

@@ -25,10 +25,11 @@ Two ways to use it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from agents.sampling import filter_logits, log_probs_and_entropy
+from agents.common.sampling import filter_logits, log_probs_and_entropy
 from textgym.errors import ModelError
 
 DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
@@ -68,9 +69,23 @@ def disable_dropout(module: nn.Module) -> None:
             setattr(config, attr, 0.0)
 
 
-def lm_vocab_size(lm: nn.Module) -> int:
-    """Rows of the LM head (the number of token ids the model can emit)."""
-    return int(lm.get_output_embeddings().weight.shape[0])
+def model_name(model: Any) -> str:
+    """A model spec or a loaded model's name, for messages."""
+    if isinstance(model, nn.Module):
+        return getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+    return str(model)
+
+
+def check_vocab(lm: nn.Module, vocab_size: int, env_model: Any, model: Any) -> None:
+    """The model's LM head must have one row per token id of the env's tokenizer (``vocab_size``)."""
+    rows = int(lm.get_output_embeddings().weight.shape[0])
+    if rows != vocab_size:
+        raise ModelError(
+            f"vocabulary mismatch: env {env_model or 'default'!r} has a tokenizer of {vocab_size} tokens, "
+            f"model {model_name(model)!r} an LM head of {rows} (config.vocab_size="
+            f"{getattr(lm.config, 'vocab_size', '?')}); build the env with the same model: "
+            f"gym.make_vec(id, model={model_name(model)!r})"
+        )
 
 
 def apply_lora(lm: nn.Module, lora: Any) -> nn.Module:
@@ -187,6 +202,27 @@ def shared_prefix_forward(
     return torch.cat([hidden, rest], dim=1), (cache if use_cache else None)
 
 
+POLICIES: dict[str, type[LMPolicy]] = {}
+
+
+def resolve_policy(policy: str | type[LMPolicy]) -> type[LMPolicy]:
+    """``"LMPolicy"`` or an LMPolicy subclass; anything else raises with the allowed names."""
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; allowed: {sorted(POLICIES)} or an LMPolicy subclass")
+        return POLICIES[policy]
+    if isinstance(policy, type) and issubclass(policy, LMPolicy):
+        return policy
+    raise TypeError(f"policy must be one of {sorted(POLICIES)} or an LMPolicy subclass, got {policy!r}")
+
+
+def policy_for(model: Any, tokenizer: Any, action_mask: np.ndarray | None = None, **kwargs: Any) -> LMPolicy:
+    """An inference LMPolicy for ``model`` over ``tokenizer``'s vocabulary (no env needed)."""
+    n = len(tokenizer)
+    obs = spaces.Dict({"input_ids": spaces.Box(0, n - 1, (1,), np.int64), "attention_mask": spaces.Box(0, 1, (1,), np.int64)})
+    return LMPolicy(obs, spaces.Discrete(n), lambda _: 0.0, model, action_mask=action_mask, **kwargs)
+
+
 class LMPolicy(ActorCriticPolicy):
     """Causal LM + value head as an SB3 ``ActorCriticPolicy`` (see the module docstring).
 
@@ -252,15 +288,11 @@ class LMPolicy(ActorCriticPolicy):
 
     # -- construction -----------------------------------------------------------
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
-        lm = load_causal_lm(self._model_source[0])
+        source = self._model_source[0]
+        lm = load_causal_lm(source)
         self._model_source = (None,)  # drop the reference: the module now lives in self.lm
         vocab = int(self.action_space.n)
-        if lm_vocab_size(lm) != vocab:
-            raise ModelError(
-                f"vocabulary mismatch: the env's action space has {vocab} token ids but the model's "
-                f"LM head has {lm_vocab_size(lm)} (config.vocab_size={getattr(lm.config, 'vocab_size', '?')}); "
-                "use the model whose tokenizer the env was built with (gym.make(..., model=...))"
-            )
+        check_vocab(lm, vocab, "of the action space", model_name(source))
         disable_dropout(lm)
         if self.separate_critic:
             base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
@@ -367,6 +399,20 @@ class LMPolicy(ActorCriticPolicy):
         full = choice_logits.new_full((*choice_logits.shape[:-1], self.vocab_size), float("-inf"))
         full[..., self.allowed_ids] = choice_logits
         return full
+
+    @contextlib.contextmanager
+    def swapped_lm(self, other: nn.Module | None) -> Iterator[None]:
+        """Run the same filters and forward path with ``other``'s weights (the frozen reference);
+        ``None`` = this LM with its LoRA adapters disabled (the base model is then the reference)."""
+        if other is None:
+            with self.lm.disable_adapter():
+                yield
+            return
+        own, self.lm = self.lm, other
+        try:
+            yield
+        finally:
+            self.lm = own
 
     def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.float()).squeeze(-1)
@@ -491,3 +537,6 @@ class LMPolicy(ActorCriticPolicy):
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         ids, mask = self._obs(observation)
         return self._distribution(self._last_hidden(ids, mask, use_cache=True)).get_actions(deterministic=deterministic)
+
+
+POLICIES["LMPolicy"] = LMPolicy

@@ -1,0 +1,160 @@
+"""The one KV-cached decoding loop: rollouts, ``generate()``, evaluation and the LM baselines use it.
+
+Each step the policy's sampling distribution (temperature, action mask,
+top-k/top-p: :meth:`LMPolicy.filtered_logits`) gives one token per row; the
+caller's ``on_tokens(t, tokens)`` decides what happens with them (step an env,
+collect text) and returns the tokens to feed back, or None when every row is
+done.  The prompt is encoded once (rows that share a prompt share its
+encoding), then one column per step is fed through the KV cache.
+
+Example:
+    >>> import torch
+    >>> from agents.common.decoding import decode
+    >>> from agents.common.policies import policy_for
+    >>> from textgym.models import load_tokenizer
+    >>> policy = policy_for("tiny-random", load_tokenizer("tiny-random"))
+    >>> steps = []
+    >>> ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    >>> _ = decode(policy, ids, mask, 4, lambda t, tok: steps.append(t) or tok)
+    >>> steps
+    [0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.common.policies import LMPolicy, first_real_column, positions_from_mask
+from agents.common.sampling import generator_on, sample_tokens
+
+OnTokens = Callable[[int, np.ndarray], "np.ndarray | None"]
+
+
+class StopDecoding(Exception):
+    """Raised by ``on_tokens`` to abort decoding (e.g. a callback asked training to stop)."""
+
+
+@dataclass
+class Decoded:
+    """What :func:`decode` recorded: ``steps`` columns were sampled.
+
+    ``logp`` and ``values`` are ``(N, steps)`` float32 (the sampled token's log-prob under the
+    sampling distribution and the critic's value of the state it was drawn in), when recorded.
+    """
+
+    steps: int
+    logp: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def decode(
+    policy: LMPolicy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    on_tokens: OnTokens,
+    *,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+    record: bool = False,
+    autocast: Callable[[], Any] | None = None,
+) -> Decoded:
+    """Sample up to ``max_new_tokens`` columns after left-padded prompts (see the module docstring).
+
+    ``on_tokens(t, tokens)`` gets step ``t``'s sampled token ids (host numpy, one per row) and
+    returns the ids to feed back (finished rows may get a placeholder), or None to end.
+    ``record`` keeps each token's log-prob and, with the shared-trunk critic, each value.
+    """
+    device = policy.device
+    generator = generator_on(generator, device)
+    ctx = autocast if autocast is not None else contextlib.nullcontext
+    n = prompt_ids.shape[0]
+    start = first_real_column(prompt_mask)  # padding columns shared by every row are skipped
+    ids, attn = prompt_ids[:, start:].to(device), prompt_mask[:, start:].to(device)
+    width = ids.shape[1]
+    attn = torch.cat([attn, attn.new_ones((n, max_new_tokens))], dim=1)  # every fed column is attended
+    next_position = attn[:, :width].sum(1, keepdim=True)
+    logps: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    with ctx():
+        logits, past, hidden = policy.decode_step(ids, attn[:, :width], positions_from_mask(attn[:, :width]))
+    steps = 0
+    for t in range(max_new_tokens):
+        filtered = policy.filtered_logits(logits)
+        choices = sample_tokens(filtered, generator, deterministic)
+        if record:
+            logps.append(torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1))
+            if policy.critic is None:
+                values.append(policy.value_of(hidden))
+        steps = t + 1
+        feed = on_tokens(t, policy.to_token(choices).cpu().numpy())
+        if feed is None or t + 1 == max_new_tokens:
+            break
+        column = torch.as_tensor(np.asarray(feed, dtype=np.int64), device=device).unsqueeze(1)
+        with ctx():
+            logits, past, hidden = policy.decode_step(column, attn[:, : width + t + 1], next_position + t, past)
+    return Decoded(
+        steps=steps,
+        logp=torch.stack(logps, dim=1).float() if logps else None,
+        values=torch.stack(values, dim=1).float() if values else None,
+    )
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of each prompt, wrapped in the chat template when ``chat`` and the tokenizer has one."""
+    out = []
+    for prompt in prompts:
+        if chat and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = prompt
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` of token lists left-padded to the longest one."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def complete(
+    policy: LMPolicy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    *,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+) -> list[list[int]]:
+    """Each row's answer token ids up to (not including) EOS."""
+    n = prompt_ids.shape[0]
+    done = np.zeros(n, dtype=bool)
+    outputs: list[list[int]] = [[] for _ in range(n)]
+
+    def on_tokens(t: int, tokens: np.ndarray) -> np.ndarray | None:
+        for i in np.flatnonzero(~done):
+            if tokens[i] == eos_id:
+                done[i] = True
+            else:
+                outputs[i].append(int(tokens[i]))
+        return None if done.all() else tokens
+
+    policy.set_training_mode(False)
+    decode(policy, prompt_ids, prompt_mask, max_new_tokens, on_tokens, generator=generator, deterministic=deterministic)
+    return outputs

@@ -1,0 +1,510 @@
+"""The on-policy engine: what PPO, GRPO, RLOO and NLPO share (SB3's ``OnPolicyAlgorithm``).
+
+An algorithm subclasses :class:`OnPolicyAlgorithm`, names its config class and
+writes :meth:`~OnPolicyAlgorithm.train`: its advantages, its loss and its epoch
+loop.  The engine does everything else the same way for all of them:
+
+* ``learn()``: collect ``n_rollouts`` lockstep rollouts per update (group
+  options, seeds, callbacks, token counts over ranks), skip updates with
+  non-finite rewards, call ``train``, log, save checkpoints, stop on signals;
+* :meth:`prepare`: the reference model's log-probs, the per-token KL estimate
+  and the rollout statistics (the old log-probs and values come from the
+  rollout; under bf16 they are recomputed with the training forward);
+* an :class:`~agents.common.update.Updater` for mini-batch optimizer steps;
+* ``predict``/``generate``, ``save``/``load`` (through :meth:`state_dict`),
+  data parallelism (:mod:`agents.common.distributed`).
+
+One timestep is one generated token (all ranks together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import configure_logger
+
+from agents.common import persistence
+from agents.common.buffers import SequenceBatch
+from agents.common.config import AUTO_LR_LARGE, AUTO_LR_SMALL, SMALL_MODEL_PARAMS, OnPolicyConfig
+from agents.common.decoding import complete, encode_prompts, left_pad
+from agents.common.distributed import Distributed
+from agents.common.envs import as_text_vector_env
+from agents.common.interrupts import GracefulStop
+from agents.common.kl import kl_estimate
+from agents.common.losses import at_last_token
+from agents.common.policies import LMPolicy, check_vocab, disable_dropout, load_causal_lm, resolve_policy
+from agents.common.rollout import collect_episodes
+from agents.common.running import RunningMoments
+from agents.common.update import Updater
+from textgym.models import default_model
+
+
+class OnPolicyAlgorithm:
+    """Base of the text on-policy algorithms (see the module docstring).
+
+    Args:
+        policy: ``"LMPolicy"`` or an LMPolicy subclass.
+        env: ``gym.make_vec(id, num_envs=N)`` (or a single ``gym.make(id)`` env).
+        model: model spec (alias, path, hub id) or a ``PreTrainedModel``; None = the env's model.
+        config: the algorithm's config object (or a dict of its fields); ``**overrides`` replace fields.
+        policy_kwargs: extra LMPolicy arguments.  tensorboard_log: folder for TensorBoard logs.
+        verbose: 0 silent (SB3's default), 1 a log table per update.
+        seed: seeds sampling, env resets and mini-batch order (all saved with the agent).
+        device: "auto", "cpu", "cuda", ...
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[OnPolicyConfig]] = OnPolicyConfig
+    uses_values: ClassVar[bool] = False  # the algorithm trains a critic (PPO, NLPO)
+
+    def __init__(
+        self,
+        policy: str | type[LMPolicy],
+        env: Any,
+        model: Any = None,
+        *,
+        config: OnPolicyConfig | dict[str, Any] | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: str | torch.device = "auto",
+        init_model: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.config = self.config_class.build(config, **overrides)
+        self.policy_class = resolve_policy(policy)
+        self.env = as_text_vector_env(env, type(self).__name__)
+        self.spec = self.env.text_spec
+        self.model_spec = model if model is not None else (self.spec.model or default_model())
+        self.policy_kwargs = dict(policy_kwargs or {})
+        self.tensorboard_log, self.verbose, self.seed = tensorboard_log, verbose, seed
+        self.dist = Distributed.from_env(device)  # torchrun / accelerate launch: join the group; else one process
+        self.device = self.dist.device
+        self.dist.shard_env(self.env)
+        self.spec = self.env.text_spec  # the shard's sample count
+        if self.env.num_envs % self.config.group_size:
+            raise ValueError(
+                f"group_size={self.config.group_size} must divide the env's num_envs={self.env.num_envs} "
+                "(each rollout holds num_envs // group_size prompts, group_size completions each)"
+            )
+        self.n_rollouts = self.config.n_rollouts or max(
+            1, math.ceil(self.config.min_episodes / (self.env.num_envs * self.dist.world_size))
+        )
+        episodes = self.n_rollouts * self.env.num_envs * self.dist.world_size
+        if episodes < 16:
+            warnings.warn(
+                f"{type(self).__name__}: {episodes} episodes per update; with so few the gradient of an end-of-episode "
+                "score is mostly noise (raise n_rollouts or num_envs; n_rollouts=None aims for min_episodes=64)",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.num_timesteps = self.n_updates = self.total_timesteps = 0
+        self.stopped_by_signal = False
+        self.nonfinite_streak, self.nonfinite_reason = 0, ""
+        self.history: list[dict[str, float]] = []
+        self._logger: Logger | None = None
+        self.score_moments = RunningMoments()
+        self.torch_gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
+        self.np_rng = self.dist.decorrelate(self.torch_gen, np.random.default_rng(seed))
+        if init_model:
+            self.setup_model(self.model_spec)
+
+    # -- construction -----------------------------------------------------------
+    def setup_model(self, model: Any, reference: torch.nn.Module | None = None) -> None:
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        lm = load_causal_lm(model)
+        check_vocab(lm, self.spec.vocab_size, self.spec.model, model)
+        cfg = self.config
+        if cfg.lora:
+            self.reference = None  # the base model with adapters disabled
+        else:
+            self.reference = (reference if reference is not None else copy.deepcopy(lm)).requires_grad_(False).eval()
+            disable_dropout(self.reference)
+        lr = cfg.learning_rate
+        if lr is None:
+            lr = AUTO_LR_SMALL if sum(p.numel() for p in lm.parameters()) < SMALL_MODEL_PARAMS else AUTO_LR_LARGE
+        self.learning_rate = lr
+        self.lr_schedule = lr if callable(lr) else (lambda _progress: float(lr))
+        kwargs = {
+            "separate_critic": getattr(cfg, "separate_critic", False),
+            "temperature": cfg.temperature,
+            "top_k": cfg.top_k,
+            "top_p": cfg.top_p,
+            "action_mask": self.spec.action_mask,
+            "lora": cfg.lora,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            **self.policy_kwargs,
+        }
+        self.policy = self.policy_class(
+            self.env.single_observation_space, self.env.single_action_space, self.lr_schedule, lm, **kwargs
+        ).to(self.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
+        self.dist.broadcast_module(self.policy)  # every rank starts from rank 0's weights
+        self.dist.broadcast_module(self.reference)
+        self._setup_algorithm()
+
+    def _setup_algorithm(self) -> None:
+        """Algorithm-specific state built with the model (KL controller, masking policy, ...)."""
+
+    # -- SB3 plumbing -------------------------------------------------------------
+    @property
+    def logger(self) -> Logger:
+        if self._logger is None:
+            if self.dist.is_main:
+                self._logger = configure_logger(self.verbose, self.tensorboard_log, type(self).__name__, True)
+            else:
+                self._logger = Logger(folder=None, output_formats=[])  # only rank 0 logs
+        return self._logger
+
+    def set_logger(self, logger: Logger) -> None:
+        """Use a custom SB3 logger (``stable_baselines3.common.logger.configure(folder, formats)``); rank 0 only."""
+        self._logger = logger if self.dist.is_main else Logger(folder=None, output_formats=[])
+
+    def get_env(self) -> Any:
+        return self.env
+
+    def get_vec_normalize_env(self) -> None:
+        return None
+
+    @property
+    def n_envs(self) -> int:
+        return self.env.num_envs
+
+    def autocast(self) -> Callable[[], Any] | None:
+        """A bf16 autocast factory when bf16 is on (config.bf16, default: on CUDA), else None."""
+        bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
+        return (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else None
+
+    def ctx(self) -> Any:
+        factory = self.autocast()
+        return factory() if factory is not None else contextlib.nullcontext()
+
+    # -- learning ---------------------------------------------------------------------
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 1,
+        tb_log_name: str = "",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+        save_dir: str | os.PathLike[str] | None = None,
+        save_every: int | None = None,
+        keep_checkpoints: int = 2,
+    ) -> OnPolicyAlgorithm:
+        """Train until ``total_timesteps`` more tokens have been generated (SB3 semantics).
+
+        ``callback``: an SB3 callback, a list of them, or a function ``f(locals, globals) -> bool``.
+        ``save_dir``: a run directory; ``checkpoint-<updates>`` is saved there every ``save_every``
+        updates, on SIGINT/SIGTERM (the current update is finished first, then ``learn`` returns)
+        and at the end, keeping the ``keep_checkpoints`` newest; ``Algo.load(save_dir)`` resumes
+        from the newest valid one.  Updates whose rewards or losses are not finite are skipped with a
+        warning; ``max_nonfinite_updates`` of them in a row raise :class:`NonFiniteError`.
+        """
+        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps <= 0:
+            raise ValueError(f"total_timesteps must be a positive integer (generated tokens), got {total_timesteps!r}")
+        if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+            raise ValueError(f"save_every must be a positive integer (updates) or None, got {save_every!r}")
+        if save_every is not None and save_dir is None:
+            raise ValueError("save_every needs save_dir= (the run directory the checkpoints go to)")
+        if reset_num_timesteps:
+            self.num_timesteps = 0
+        self.total_timesteps = int(total_timesteps) + self.num_timesteps
+        cb = self._init_callback(callback if self.dist.is_main else None)  # callbacks (eval, saves) on rank 0 only
+        bar = None
+        if progress_bar and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(total_timesteps), unit="tok")
+        cb.on_training_start(locals(), globals())
+        self.stopped_by_signal = False  # True when SIGINT/SIGTERM ended this call
+        with GracefulStop() as stop:
+            while self.num_timesteps < self.total_timesteps:
+                started, before = time.perf_counter(), self.num_timesteps
+                cb.on_rollout_start()
+                batch = self.collect(cb)
+                if batch is None:
+                    break
+                cb.on_rollout_end()
+                rollout_s = time.perf_counter() - started
+                stats = self.checked_train(batch)
+                stats["time/rollout_s"] = rollout_s
+                stats["time/update_s"] = time.perf_counter() - started - rollout_s
+                stats["time/tokens_per_s"] = (self.num_timesteps - before) / max(time.perf_counter() - started, 1e-9)
+                self._record(stats, log_interval)
+                if bar is not None:
+                    bar.update(self.num_timesteps - before)
+                if self.nonfinite_streak >= self.config.max_nonfinite_updates:
+                    persistence.stop_nonfinite(self, save_dir, keep_checkpoints)
+                stopping, _ = self.dist.agree(stop.requested, [])  # a signal to any rank stops all
+                if save_dir is not None and (stopping or (save_every and self.n_updates % save_every == 0)):
+                    self.save_checkpoint(save_dir, keep_checkpoints)
+                if stopping:
+                    self.stopped_by_signal = True
+                    self.logger.log(f"{type(self).__name__}: stopped by a signal after update {self.n_updates}")
+                    break
+        if save_dir is not None:
+            self.save_checkpoint(save_dir, keep_checkpoints)  # a no-op when this update is already saved
+        if bar is not None:
+            bar.close()
+        cb.on_training_end()
+        return self
+
+    def _init_callback(self, callback: Any) -> BaseCallback:
+        if isinstance(callback, list):
+            callback = CallbackList(callback)
+        elif callback is None:
+            callback = CallbackList([])
+        elif not isinstance(callback, BaseCallback):
+            callback = ConvertCallback(callback)
+        callback.init_callback(self)  # type: ignore[arg-type]
+        return callback
+
+    def collect(self, callback: BaseCallback) -> SequenceBatch | None:
+        """``n_rollouts`` lockstep rollouts as one batch (None when a callback stopped training)."""
+        batches = []
+        before, local_tokens, aborted = self.num_timesteps, 0, False
+        for _ in range(self.n_rollouts):
+            obs, _ = self.env.reset(seed=int(self.np_rng.integers(2**31 - 1)), options=self._group_options())
+            self.policy.set_training_mode(False)
+
+            def on_step(local: dict[str, Any]) -> bool:
+                nonlocal local_tokens
+                n = int(local["live"].sum())
+                local_tokens += n
+                self.num_timesteps += n * self.dist.world_size  # an estimate while ranks generate; exact below
+                callback.update_locals(local)
+                return bool(callback.on_step())
+
+            batch = collect_episodes(self.policy, self.env, obs, generator=self.torch_gen, on_step=on_step,
+                                     autocast=self.autocast())  # fmt: skip
+            if batch is None:
+                aborted = True
+                break
+            batches.append(batch)
+        if self.dist.enabled:  # the global token count; a callback that stops rank 0 stops every rank
+            aborted, (tokens,) = self.dist.agree(aborted, [local_tokens])
+            self.num_timesteps = before + int(tokens)
+        return None if aborted else SequenceBatch.concat(batches)
+
+    def _group_options(self) -> dict[str, Any] | None:
+        """Reset options that give each drawn prompt ``group_size`` consecutive slots (None: one each)."""
+        g = self.config.group_size
+        if g == 1:
+            return None
+        picks = self.np_rng.integers(self.spec.num_samples, size=self.env.num_envs // g)
+        return {"index": np.repeat(picks, g).tolist()}
+
+    def checked_train(self, batch: SequenceBatch) -> dict[str, float]:
+        """:meth:`train`, unless a reward is not finite: then the update is skipped (and counted)."""
+        bad = int((~torch.isfinite(batch.env_rewards.float())).any(dim=1).sum())
+        _, (bad,) = self.dist.agree(False, [bad])
+        if bad:
+            self.note_nonfinite(f"{int(bad)} episode(s) with a non-finite reward in the rollout; update skipped")
+            nan = float("nan")  # the rollout's means are undefined; NaN keeps every history entry's keys
+            return {"rollout/ep_rew_mean": nan, "rollout/ep_len_mean": nan, "rollout/kl_ref": nan,
+                    "train/nonfinite_episodes": float(bad), "train/skipped_update": 1.0}  # fmt: skip
+        lr = self.lr_schedule(1.0 - self.num_timesteps / max(self.total_timesteps, 1))
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = lr
+        try:
+            stats = self.train(batch)
+        finally:
+            self.policy.set_training_mode(False)
+        if stats.get("train/skipped_update"):
+            return stats
+        if not stats.get("train/nonfinite_minibatches"):
+            self.nonfinite_streak = 0
+        self.n_updates += 1
+        return {**stats, "train/learning_rate": float(lr), "train/n_updates": float(self.n_updates)}
+
+    def train(self, batch: SequenceBatch) -> dict[str, float]:
+        """One update on a rollout: the algorithm's advantages, loss and epoch loop."""
+        raise NotImplementedError
+
+    def updater(self) -> Updater:
+        """The mini-batch optimizer steps of one update (see :mod:`agents.common.update`)."""
+        cfg = self.config
+        self.policy.set_training_mode(True)  # until the update ends (dropout is off either way)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return Updater(self.policy.optimizer, params, self.dist, cfg.batch_size, cfg.micro_batch_size,
+                       cfg.max_grad_norm, cfg.ratio_threshold, cfg.group_size, self.torch_gen)  # fmt: skip
+
+    def finish(self, updater: Updater, stats: dict[str, float]) -> dict[str, float]:
+        """The update's statistics; a warning (and no step counted) when not one step was finite."""
+        if updater.nonfinite:
+            self.note_nonfinite(f"{updater.nonfinite} mini-batch step(s) with a non-finite loss or gradient skipped")
+            if not updater.steps:
+                return {**stats, "train/nonfinite_minibatches": float(updater.nonfinite), "train/skipped_update": 1.0}
+        if updater.skipped:
+            self.logger.log(f"{type(self).__name__}: skipped {updater.skipped} mini-batch(es) whose ratios exploded")
+        return {**stats, **updater.stats()}
+
+    def note_nonfinite(self, reason: str) -> None:
+        self.nonfinite_streak += 1
+        self.nonfinite_reason = reason
+        warnings.warn(
+            f"{type(self).__name__} update {self.n_updates}: {reason} "
+            f"({self.nonfinite_streak} update(s) in a row; stopping at {self.config.max_nonfinite_updates})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _chunks(self, n: int) -> list[slice]:
+        size = self.config.micro_batch_size or self.config.batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def reference_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """Log-probs of the generated tokens under the frozen reference (same sampling transform)."""
+        with self.policy.swapped_lm(self.reference), self.ctx():
+            logp, _, _ = self.policy.sequence_forward(ids, mask, prompt_len, with_values=False)
+        return logp
+
+    @torch.no_grad()
+    def prepare(self, batch: SequenceBatch) -> dict[str, float]:
+        """Old and reference log-probs (and values, for a critic) of every token, the per-token KL
+        estimate ``batch.kl`` and the rollout's statistics (means over all ranks)."""
+        P = batch.prompt_len
+        # The rollout recorded old log-probs and values (KV-cached, fp32: equal to a full forward up to
+        # rounding).  Under bf16 the two round differently, so the ratio would not start at 1: recompute.
+        recompute = batch.old_logp is None or (self.uses_values and batch.values is None) or self.autocast() is not None
+        old, ref, values = [], [], []
+        for sl in self._chunks(len(batch)):
+            ids, mask = batch.input_ids[sl], batch.attention_mask[sl]
+            if recompute:
+                with self.ctx():
+                    logp, _, val = self.policy.sequence_forward(ids, mask, P, with_values=self.uses_values)
+                old.append(logp)
+                values.append(None if val is None else val.float())
+            ref.append(self.reference_logprobs(ids, mask, P))
+        gen_mask = batch.gen_mask
+        if recompute:
+            batch.old_logp = torch.cat(old)
+            batch.values = torch.cat(values) if self.uses_values else None
+        if batch.values is not None:
+            batch.values = batch.values * gen_mask
+        batch.ref_logp = torch.cat(ref)
+        batch.kl = kl_estimate(batch.old_logp, batch.ref_logp, self.config.kl_estimator)
+        k1 = torch.where(gen_mask, batch.old_logp - batch.ref_logp, 0.0)
+        metrics: dict[str, list[float]] = {}
+        for info in batch.infos:
+            for name, value in (info.get("metrics") or {}).items():
+                metrics.setdefault(name, []).append(float(value))
+        return self.dist.means(
+            {
+                "rollout/ep_rew_mean": batch.scores,
+                "rollout/ep_len_mean": batch.lengths.float(),
+                "rollout/eos_fraction": batch.ended_with_eos.float(),
+                "rollout/kl_ref": k1.sum(1),
+                **{f"rollout/{name}_mean": v for name, v in metrics.items()},
+            }
+        )
+
+    def shaped_rewards(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B, T) env rewards with the missing-EOS penalty at the last token, divided by the running
+        std of all scores seen when ``reward_scaling`` (the moments include this batch, all ranks)."""
+        cfg, mask = self.config, batch.gen_mask
+        rewards = batch.env_rewards.float()
+        if cfg.missing_eos_penalty is not None:
+            penalty = torch.where(batch.ended_with_eos, 0.0, -cfg.missing_eos_penalty).float()
+            rewards = rewards + at_last_token(penalty, mask)
+        if not cfg.reward_scaling:
+            return rewards, {}
+        scores = rewards.sum(1).double()
+        m = self.dist.means({"mean": scores, "sq": scores**2})
+        self.score_moments.update(m["mean"], max(m["sq"] - m["mean"] ** 2, 0.0), self.dist.sum_int(len(batch)))
+        scale = max(self.score_moments.std, 1e-4)  # a constant reward (std 0) is left unscaled in effect
+        return rewards / scale, {"train/reward_scale": scale}
+
+    def _record(self, stats: dict[str, float], log_interval: int) -> None:
+        stats["time/total_timesteps"] = float(self.num_timesteps)
+        self.history.append(dict(stats))
+        if len(self.history) > self.config.history_size:  # thin out: the newest and every other one before it
+            self.history = self.history[::-2][::-1]
+        for key, value in stats.items():
+            self.logger.record(key, value)
+        if log_interval and self.n_updates % log_interval == 0:
+            self.logger.dump(step=self.num_timesteps)
+
+    # -- inference ---------------------------------------------------------------------
+    def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:  # fmt: skip
+        """SB3's ``predict``: the next token of each observation (action mask and temperature applied)."""
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None, deterministic: bool = False,
+                 chat: bool | None = None) -> list[str]:  # fmt: skip
+        """Complete raw prompt strings with the policy's sampling distribution.
+
+        ``chat`` (default: the env task's setting) wraps each prompt in the tokenizer's chat template.
+        """
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be a list of strings, got {prompts!r}")
+        if not prompts:
+            return []
+        max_new = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        tokenizer = self.spec.tokenizer
+        ids, mask = left_pad(encode_prompts(tokenizer, prompts, self.spec.chat if chat is None else chat), self.spec.pad_id)
+        rows = complete(self.policy, ids, mask, max_new, self.spec.eos_id, generator=self.torch_gen,
+                        deterministic=deterministic)  # fmt: skip
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, random streams and history: with the weights and optimizer, an exact resume."""
+        return {
+            "num_timesteps": self.num_timesteps,
+            "total_timesteps": self.total_timesteps,  # the target of the learn() call in progress
+            "n_updates": self.n_updates,
+            "torch_rng": torch.get_rng_state(),
+            "sampling_rng": self.torch_gen.get_state(),
+            "numpy_rng": self.np_rng.bit_generator.state,
+            "history": self.history,
+            "score_moments": self.score_moments.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        self.total_timesteps = int(state.get("total_timesteps", self.num_timesteps))
+        torch.set_rng_state(state["torch_rng"])
+        self.torch_gen.set_state(state["sampling_rng"])
+        self.np_rng = np.random.default_rng()
+        self.np_rng.bit_generator.state = state["numpy_rng"]
+        self.np_rng = self.dist.decorrelate(self.torch_gen, self.np_rng)  # ranks > 0: their own streams
+        self.history = list(state["history"])
+        self.score_moments.load_state_dict(state["score_moments"])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an HF checkpoint dir (+ value head, optimizer, training state) atomically; rank 0 only."""
+        if self.dist.is_main:
+            persistence.save_agent(self, path)
+
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None:
+        """Save ``save_dir/checkpoint-<updates>`` (rank 0 only) and keep the ``keep`` newest; its path."""
+        return persistence.save_checkpoint(self, save_dir, keep) if self.dist.is_main else None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any = None, device: str | torch.device = "auto",
+             **overrides: Any) -> OnPolicyAlgorithm:  # fmt: skip
+        """Rebuild an agent saved with :meth:`save` (or the newest valid checkpoint of a run directory);
+        ``learn(..., reset_num_timesteps=False)`` then continues exactly."""
+        return persistence.load_agent(cls, path, env=env, device=device, **overrides)
