@@ -18,16 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agents.common.policies import LMPolicy
+    from agents.grpo import GRPOConfig, TextGRPO
+    from agents.nlpo import NLPOConfig, TextNLPO
     from agents.ppo import PPOConfig, TextPPO
+    from agents.rloo import RLOOConfig, TextRLOO
 
 # algorithm name -> (module, class, config class); the CLI's --algo choices
 ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "ppo": ("agents.ppo", "TextPPO", "PPOConfig"),
+    "grpo": ("agents.grpo", "TextGRPO", "GRPOConfig"),
+    "rloo": ("agents.rloo", "TextRLOO", "RLOOConfig"),
+    "nlpo": ("agents.nlpo", "TextNLPO", "NLPOConfig"),
 }
 _EXPORTS = {"LMPolicy": "agents.common.policies"}
 for _module, _cls, _config in ALGORITHMS.values():
     _EXPORTS[_cls] = _EXPORTS[_config] = _module
-__all__ = ["ALGORITHMS", "LMPolicy", "PPOConfig", "TextPPO", "algorithm", "load_agent"]
+__all__ = ["ALGORITHMS", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "TextGRPO", "TextNLPO", "TextPPO", "TextRLOO", "algorithm", "load_agent"]
 
 
 def algorithm(name: str) -> Any:

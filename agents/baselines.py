@@ -32,8 +32,6 @@ from textgym.errors import ConfigError
 from textgym.spec import TextSpec
 
 
-
-
 class RandomAgent:
     """Uniform over the allowed tokens (the env's action mask; EOS included).
 
@@ -91,22 +89,17 @@ class LMAgent:
 
         self.seed = seed
         self._sampling = torch.Generator().manual_seed(seed)  # respond's sampling stream
-        self._generator: Any = None  # predict's sampling stream, seeded on first use
-        self._policies: dict[int, Any] = {}
+        self._predict_rng = torch.Generator().manual_seed(seed).get_state()  # predict's
+        self._policies: dict[Any, Any] = {}
 
     def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
         """Every slot's answer from the agents' KV-cached decoding loop (the env's action mask applied)."""
         import torch
 
         from agents.common.decoding import complete
-        from agents.common.policies import policy_for
 
-        key = id(spec.tokenizer)
-        if key not in self._policies:
-            self._policies = {key: policy_for(self.model, spec.tokenizer, spec.action_mask,
-                                              temperature=1.0 if self.greedy else self.temperature)}  # fmt: skip
         cols = spec.max_prompt_tokens
-        rows = complete(self._policies[key], torch.as_tensor(obs["input_ids"][:, :cols]),
+        rows = complete(self._policy(spec.vocab_size, spec.action_mask), torch.as_tensor(obs["input_ids"][:, :cols]),
                         torch.as_tensor(obs["attention_mask"][:, :cols]), spec.max_new_tokens, spec.eos_id,
                         generator=self._sampling, deterministic=self.greedy)  # fmt: skip
         out = np.full((len(rows), spec.max_new_tokens), spec.eos_id, dtype=np.int64)
@@ -114,26 +107,31 @@ class LMAgent:
             out[i, : len(row)] = row
         return out
 
+    def _policy(self, vocab_size: int, action_mask: np.ndarray | None, obs_length: int = 1) -> Any:
+        """The LMPolicy that samples for this agent (one per vocabulary, action mask and observation width)."""
+        from agents.common.policies import policy_for
+
+        key = (vocab_size, None if action_mask is None else action_mask.tobytes(), obs_length)
+        if key not in self._policies:
+            self._policies = {key: policy_for(self.model, vocab_size, action_mask, obs_length,
+                                              temperature=1.0 if self.greedy else self.temperature)}  # fmt: skip
+        return self._policies[key]
+
     def predict(
         self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = False
     ) -> tuple[np.ndarray, Any]:
-        """Next token of every slot from one forward over the observation (no cache: the slow path)."""
+        """Next token of every slot (SB3's per-step interface; a sampling stream of the agent's own, seeded
+        by ``seed``; the LMPolicy reuses its KV cache across calls)."""
         import torch
 
         _check_batched(obs)
-        ids = torch.as_tensor(obs["input_ids"], dtype=torch.long)
-        mask = torch.as_tensor(obs["attention_mask"], dtype=torch.long)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # last real token per row
-        next_logits = logits[torch.arange(len(ids)), last].float()
-        if deterministic or self.greedy:
-            return next_logits.argmax(-1).numpy(), state
-        probs = torch.softmax(next_logits / max(self.temperature, 1e-6), -1)
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
-        return torch.multinomial(probs, 1, generator=self._generator).squeeze(-1).numpy(), state
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        policy = self._policy(vocab, None, int(np.shape(obs["input_ids"])[1]))
+        with torch.random.fork_rng(devices=[]):  # SB3's sampler draws from the global generator: give it ours
+            torch.set_rng_state(self._predict_rng)
+            out = policy.predict(obs, state, episode_start, deterministic or self.greedy)
+            self._predict_rng = torch.get_rng_state()
+        return out
 
 
 class ZeroShotAgent(LMAgent):

@@ -24,8 +24,8 @@ read before the flags are built (from the command line, else the
 ``--config`` file's ``algo``, else ``ppo``).
 
 A ``--config`` YAML file uses the same names: ``algo``, ``model``,
-``timesteps``, ``num_envs``, ``seed``, ``env`` (``gym.make_vec`` keyword
-arguments) and the config fields themselves (``learning_rate: 1e-3``,
+``timesteps``, ``num_envs``, ``seed``, ``verbose``, ``env`` (``gym.make_vec``
+keyword arguments) and the config fields themselves (``learning_rate: 1e-3``,
 ``kl_coef: 0.1``); flags override it.
 
 ``--out`` is a run directory of numbered checkpoints (``checkpoint-<updates>``,
@@ -42,20 +42,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from agents import ALGORITHMS
 
-RUN_KEYS = ("algo", "model", "timesteps", "num_envs", "seed", "env")
+RUN_KEYS = ("algo", "model", "timesteps", "num_envs", "seed", "env", "verbose")
 """The ``--config`` keys that are not config fields (the fields of the algorithm's config class are keys too)."""
 DEFAULT_ALGO = "ppo"
 DEFAULT_TIMESTEPS = 40_000
 DEFAULT_NUM_ENVS = 8
 DEFAULT_SEED = 0
+DEFAULT_VERBOSE = 1
 FIELD_DEST = "field."  # namespace attribute prefix of the config-field flags (they default to "not given")
 TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
 
@@ -193,6 +193,8 @@ def _add_run_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--num-envs", metavar="N", type=_positive_int, default=None,
                        help=f"episodes per rollout batch (default: {DEFAULT_NUM_ENVS})")  # fmt: skip
     train.add_argument("--seed", metavar="N", type=int, default=None, help=f"random seed (default: {DEFAULT_SEED})")
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
+                       help=f"0 silent, 1 a log table per update (default: {DEFAULT_VERBOSE}; with --resume the run's own)")  # fmt: skip
     train.add_argument("--out", metavar="DIR", default=None,
                        help="run directory for the checkpoints (default: runs/<env name>, or the --resume DIR)")  # fmt: skip
     train.add_argument("--save-every", metavar="N", type=_positive_int, default=10, help="updates between checkpoints (default: 10)")
@@ -217,24 +219,11 @@ def _positive_int(text: str) -> int:
 def _field_kinds(annotation: Any) -> tuple[list[Any], list[Any], bool]:
     """(plain types, Literal choices, None allowed) of a config field's annotation; Callable and other
     types that a command line cannot give are left out of the plain types (``Any`` gives ``[Any]``)."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return [Any], [], True
-    if origin is Literal:
-        return [], list(typing.get_args(annotation)), False
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        plain: list[Any] = []
-        choices: list[Any] = []
-        optional = False
-        for arg in typing.get_args(annotation):
-            if arg is type(None):
-                optional = True
-                continue
-            p, c, o = _field_kinds(arg)
-            plain, choices, optional = plain + p, choices + c, optional or o
-        return plain, choices, optional
-    kind = origin or annotation
-    return ([kind] if kind in (bool, int, float, str, tuple, list, dict) else []), [], False
+    from agents.common.config import annotation_kinds
+
+    plain, choices, optional = annotation_kinds(annotation)
+    given = [Any if kind is object else kind for kind in plain if kind in (object, bool, int, float, str, tuple, list, dict)]
+    return given, choices, optional
 
 
 class FieldValue:
@@ -404,8 +393,8 @@ def _check_run_key(key: str, value: Any) -> Any:
     if key == "env":
         if not isinstance(value, dict):
             raise ConfigError(f"env must be a mapping of gym.make_vec keyword arguments, got {value!r}")
-    elif key in ("timesteps", "num_envs", "seed"):
-        low = 0 if key == "seed" else 1
+    elif key in ("timesteps", "num_envs", "seed", "verbose"):
+        low = 0 if key in ("seed", "verbose") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{key}={value!r} is not allowed; expected an integer >= {low}")
     elif key in ("model", "algo") and not isinstance(value, str):
@@ -435,7 +424,8 @@ def _train(args: argparse.Namespace) -> int:
         given += [f"--{k.replace('_', '-')}" for k in config_flags(args)]
         if given:
             raise ConfigError(f"--resume takes the run's algorithm and settings from its checkpoint; drop {' '.join(given)}")
-        agent = load_agent(args.resume)  # the newest valid checkpoint; broken ones are reported and skipped
+        verbose = {} if args.verbose is None else {"verbose": args.verbose}
+        agent = load_agent(args.resume, **verbose)  # the newest valid checkpoint; broken ones are reported and skipped
         if agent.env.spec is None or agent.env.spec.id != args.id:
             raise ConfigError(f"--resume {args.resume!r} is a run of {getattr(agent.env.spec, 'id', None)!r}, not {args.id!r}")
         timesteps = args.timesteps if args.timesteps is not None else agent.total_timesteps  # the run's own target
@@ -447,7 +437,8 @@ def _train(args: argparse.Namespace) -> int:
         run = run_settings(args)
         env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
         timesteps = run["timesteps"]
-        agent = algorithm(run["algo"])("LMPolicy", env, model=run["model"], seed=run["seed"], config=run["config"])
+        agent = algorithm(run["algo"])("LMPolicy", env, model=run["model"], seed=run["seed"], verbose=run["verbose"],
+                                       config=run["config"])  # fmt: skip
     remaining = timesteps - agent.num_timesteps
     if remaining > 0:
         agent.learn(total_timesteps=remaining, reset_num_timesteps=False, save_dir=out,
@@ -481,7 +472,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = {"algo": algo, "config": config, "model": pick("model", None), "num_envs": pick("num_envs", DEFAULT_NUM_ENVS),
                 "seed": pick("seed", DEFAULT_SEED), "timesteps": pick("timesteps", DEFAULT_TIMESTEPS),
-                "env": dict(run.get("env", {}))}  # fmt: skip
+                "verbose": pick("verbose", DEFAULT_VERBOSE), "env": dict(run.get("env", {}))}  # fmt: skip
     if settings["model"] is not None:
         settings["env"]["model"] = settings["model"]
     if settings["num_envs"] % config.group_size:

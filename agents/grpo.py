@@ -22,7 +22,16 @@ Values outside ``mask`` are ignored, even when they are not finite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 import torch
+
+from agents.common.buffers import SequenceBatch
+from agents.common.config import OnPolicyConfig
+from agents.common.losses import masked_mean
+from agents.common.on_policy import OnPolicyAlgorithm
+from agents.common.update import Totals
 
 # -- math (pure functions, checked against TRL in tests/test_trl_equivalence.py) --
 
@@ -295,3 +304,70 @@ def aggregate_loss(
         total = counts.sum() if num_items is None else torch.as_tensor(num_items, dtype=per_token_loss.dtype, device=per_token_loss.device)
         return masked.sum() / total.clamp(min=1.0)
     raise ValueError(f"loss_type must be one of 'grpo', 'bnpo', 'dr_grpo', 'dapo', got {loss_type!r}")
+
+
+# -- the algorithm ---------------------------------------------------------------------------------
+@dataclass
+class GRPOConfig(OnPolicyConfig):
+    """TextGRPO's hyperparameters (TRL ``GRPOConfig`` names in the docs), with the engine's."""
+
+    min_group_size: ClassVar[int] = 2
+
+    group_size: int = 4
+    """Completions per prompt (TRL num_generations); the advantages compare them, so at least 2."""
+    n_epochs: int = 4
+    """Passes over each update's episodes (TRL num_iterations, 1 there): 4, clipped like PPO's, learn Copy-v0
+    with a tiny model in a minute (test accuracy 0.07 -> 0.3-0.65 in 40k tokens; 1 epoch: 0.17-0.25)."""
+    kl_coef: float = 0.04
+    """Weight of the k3 KL term in the loss (TRL beta, default 0.0 there; DeepSeekMath used 0.04)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator of the logged rollout KL (the loss always uses k3, as GRPO does)."""
+    reward_scaling: bool = False
+    """Off: the group's standard deviation already scales the advantages (scale_rewards)."""
+    epsilon_low: float = 0.2
+    """Lower clip of the ratio, 1 - epsilon_low (TRL epsilon)."""
+    epsilon_high: float | None = None
+    """Upper clip of the ratio, 1 + epsilon_high (TRL epsilon_high; None = epsilon_low; DAPO's clip-higher: 0.28)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide the centred rewards by the std of the group, of the whole batch, or not at all (Dr. GRPO)."""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """Token aggregation: per-sequence mean then mean (grpo), token mean (bnpo, dapo: the same over one
+    mini-batch), or token sum / (sequences * max_new_tokens) (dr_grpo)."""
+
+
+
+class TextGRPO(OnPolicyAlgorithm):
+    """GRPO: group-relative advantages, no critic, clipped token loss with the KL term in the loss."""
+
+    name = "grpo"
+    config_class = GRPOConfig
+    config: GRPOConfig
+
+    def train(self, batch: SequenceBatch) -> dict[str, float]:
+        cfg = self.config
+        stats = self.prepare(batch)  # old/ref log-probs, rollout means
+        rewards, reward_stats = self.shaped_rewards(batch)
+        batch.advantages = group_advantages(rewards.sum(1), cfg.group_size, cfg.scale_rewards)  # (B,)
+        stats.update(reward_stats)
+        return self.finish(self.fit(batch, cfg.n_epochs), stats)
+
+    def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """GRPO's per-token loss, aggregated as ``loss_type``, as this slice's share of the mini-batch."""
+        cfg, mask = self.config, mb.gen_mask
+        with self.ctx():
+            logp, entropy, _ = self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len, with_values=False)
+        per_token, info = grpo_per_token_loss(logp, mb.old_logp, mb.ref_logp, mb.advantages, mask,
+                                              cfg.epsilon_low, cfg.epsilon_high, beta=cfg.kl_coef)  # fmt: skip
+        rows = len(mb) / totals.sequences
+        if cfg.loss_type == "grpo":
+            loss = aggregate_loss(per_token, mask, "grpo") * rows
+        elif cfg.loss_type == "dr_grpo":
+            loss = aggregate_loss(per_token, mask, "dr_grpo", max_completion_length=totals.max_new_tokens) * rows
+        else:  # bnpo and dapo: the token mean over the mini-batch
+            loss = aggregate_loss(per_token, mask, "dapo", num_items=totals.tokens)
+        return loss, {
+            "entropy": masked_mean(entropy, mask).detach(),
+            "ratio": masked_mean(info["ratio"].detach().expand_as(logp), mask),
+            "kl": info.get("kl", torch.zeros(())),
+            "clip_fraction": info["clip_ratio/region_mean"],
+        }

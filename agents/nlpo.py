@@ -47,7 +47,6 @@ from torch import nn
 
 from agents.common.buffers import SequenceBatch
 from agents.common.policies import (
-    POLICIES,
     LMPolicy,
     first_real_column,
     positions_from_mask,
@@ -91,7 +90,7 @@ class NLPOPolicy(LMPolicy):
 
     @property
     def restricting(self) -> bool:
-        return self.mask_lm is not None and self._restricting
+        return self.mask_lm is not None and self.mask_top_p < 1.0 and self._restricting
 
     @contextlib.contextmanager
     def unrestricted(self) -> Iterator[None]:
@@ -166,17 +165,17 @@ class NLPOPolicy(LMPolicy):
             return super()._predict(observation, deterministic)
 
 
-POLICIES["NLPOPolicy"] = NLPOPolicy
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nlpo_policy_class(cls: type[LMPolicy]) -> type[NLPOPolicy]:
-    """The NLPO version of a policy class (an LMPolicy subclass keeps its name, so checkpoints name it)."""
+    """The NLPO version of a policy class: NLPOPolicy mixed into ``cls`` under ``cls``'s name, so that a
+    checkpoint names the policy the user chose (``"LMPolicy"``) and loads with nothing registered."""
+    if cls is NLPOPolicy:
+        cls = LMPolicy
     if issubclass(cls, NLPOPolicy):
         return cls
-    if cls is LMPolicy:
-        return NLPOPolicy
-    return type(cls.__name__, (NLPOPolicy, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return type(
+        cls.__name__, (NLPOPolicy, cls), {"__module__": __name__, "__qualname__": f"NLPOPolicy[{cls.__qualname__}]"}
+    )
 
 
 def _trainable(lm: nn.Module) -> list[str]:

@@ -22,8 +22,16 @@ Shapes and layout as in :mod:`agents.grpo`: (B, T) per-token log-probs,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
+from agents.common.buffers import SequenceBatch
+from agents.common.config import OnPolicyConfig
+from agents.common.losses import masked_mean
+from agents.common.on_policy import OnPolicyAlgorithm
+from agents.common.update import Totals
 from agents.grpo import clip_fractions, clipped_surrogate, nanstd
 
 # -- math (pure functions, checked against TRL in tests/test_trl_equivalence.py) --
@@ -151,3 +159,63 @@ def rloo_aggregate_loss(per_sequence_loss: torch.Tensor) -> torch.Tensor:
     ``gradient_accumulation_steps`` to the Hugging Face ``Trainer``.
     """
     return per_sequence_loss.mean()
+
+
+# -- the algorithm ---------------------------------------------------------------------------------
+@dataclass
+class RLOOConfig(OnPolicyConfig):
+    """TextRLOO's hyperparameters (TRL ``RLOOConfig`` names in the docs), with the engine's."""
+
+    min_group_size: ClassVar[int] = 2
+
+    group_size: int = 4
+    """Completions per prompt (TRL num_generations, default 2 there); the baseline is the others' mean."""
+    n_epochs: int = 4
+    """Passes over each update's episodes (TRL num_iterations, 1 there): 4, clipped like PPO's, learn Copy-v0
+    with a tiny model in a minute (test accuracy 0.07 -> 0.3-0.65 in 40k tokens; 1 epoch: 0.17-0.25)."""
+    kl_coef: float = 0.05
+    """Weight of the sequence-level KL subtracted from the reward (TRL beta, 0.05). TRL's RLOO puts the KL
+    in the reward only, and so does this one."""
+    reward_scaling: bool = False
+    """Off by default, as in TRL (normalize_advantages whitens the advantages instead)."""
+    epsilon_low: float = 0.2
+    """Lower clip of the sequence ratio, 1 - epsilon_low (TRL epsilon)."""
+    epsilon_high: float | None = None
+    """Upper clip of the sequence ratio (TRL epsilon_high; None = epsilon_low)."""
+    normalize_advantages: bool = True
+    """Whiten the advantages over the update's episodes (TRL normalize_advantages, False there: on for a
+    learning rate that does not depend on the reward's scale)."""
+
+
+
+class TextRLOO(OnPolicyAlgorithm):
+    """RLOO: leave-one-out baseline over k completions, KL in the reward, clipped sequence-level loss."""
+
+    name = "rloo"
+    config_class = RLOOConfig
+    config: RLOOConfig
+
+    def train(self, batch: SequenceBatch) -> dict[str, float]:
+        cfg = self.config
+        stats = self.prepare(batch)  # old/ref log-probs, rollout means
+        rewards, reward_stats = self.shaped_rewards(batch)
+        advantages, _ = rloo_advantages(rewards.sum(1), cfg.group_size, batch.old_logp, batch.ref_logp,
+                                        batch.gen_mask, beta=cfg.kl_coef)  # fmt: skip
+        if cfg.normalize_advantages:  # over every rank's episodes (TRL: (A - mean) / (std + 1e-4))
+            advantages = self.dist.masked_whiten(advantages[:, None], torch.ones_like(advantages[:, None]))[:, 0]
+        batch.advantages = advantages
+        stats.update(reward_stats)
+        return self.finish(self.fit(batch, cfg.n_epochs), stats)
+
+    def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The clipped sequence-level objective, averaged over the mini-batch's sequences (this slice's share)."""
+        cfg, mask = self.config, mb.gen_mask
+        with self.ctx():
+            logp, entropy, _ = self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len, with_values=False)
+        per_sequence, info = rloo_per_sequence_loss(logp, mb.old_logp, mb.advantages, mask, cfg.epsilon_low, cfg.epsilon_high)
+        loss = rloo_aggregate_loss(per_sequence) * (len(mb) / totals.sequences)
+        return loss, {
+            "entropy": masked_mean(entropy, mask).detach(),
+            "ratio": masked_mean(info["ratio"].detach()[:, None].expand_as(logp), mask),
+            "clip_fraction": info["clip_ratio/region_mean"],
+        }

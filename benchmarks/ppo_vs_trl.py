@@ -1,7 +1,15 @@
-"""Training throughput: TextPPO vs TRL's GRPOTrainer on the same task, model and budget.
+"""Training throughput: textgym's TextPPO (or TextGRPO) vs TRL's GRPOTrainer on the same task, model and budget.
 
     python benchmarks/ppo_vs_trl.py                          # SmolLM2-135M-Instruct, 4 updates each
+    python benchmarks/ppo_vs_trl.py --algo grpo              # textgym's GRPO against TRL's, same settings
     python benchmarks/ppo_vs_trl.py --model tiny-random --steps 8
+
+Model FLOPs utilisation (MFU) of each side: the model FLOPs of an update
+(``2 N`` per generated token for the rollout, ``2 N`` for the reference
+forward, ``6 N`` per epoch for forward + backward; ``N`` = the model's
+parameters; prompt tokens and attention are left out, the same for both
+sides) over the update's seconds, divided by a peak fp32 matmul rate measured
+in this run with the same thread count (a 1024x576 by 576x1536 matmul).
 
 Needs the bench extra (``pip install -e .[bench]`` for TRL).  Both sides get
 the same model, the prompts of Translation-v0's train split (the env's own
@@ -14,9 +22,12 @@ optimizer step per epoch on the whole batch), PPO clip 0.2, gradient clipping
 gradient checkpointing (TRL's defaults, bf16 autocast and gradient
 checkpointing, are turned off to match TextPPO on the CPU):
 
-(a) ``TextPPO`` on ``--batch`` env slots with ``group_size=--generations`` (each
-    drawn prompt in that many slots; scores centred on the group's other
-    completions, as GRPO's advantages are), ``n_epochs=--epochs``;
+(a) ``TextPPO`` (``--algo ppo``) on ``--batch`` env slots with
+    ``group_size=--generations`` (each drawn prompt in that many slots; scores
+    centred on the group's other completions, as GRPO's advantages are),
+    ``n_epochs=--epochs``, one rollout per update; or ``TextGRPO`` (``--algo
+    grpo``) with TRL's defaults (dapo loss, group std scaling, epsilon 0.2,
+    k3 KL in the loss with ``beta=--kl-coef``);
 (b) ``GRPOTrainer`` with ``per_device_train_batch_size=--batch``,
     ``num_generations=--generations``, ``num_iterations=--epochs`` and
     ``max_steps=--steps * --epochs`` (one generation every ``--epochs`` steps).
@@ -49,6 +60,7 @@ import numpy as np
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--algo", choices=("ppo", "grpo"), default="ppo", help="textgym's side (TRL's is GRPOTrainer)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--env", default="textgym/Translation-v0")
     p.add_argument("--steps", type=int, default=4, help="updates (generation batches) per side")
@@ -88,16 +100,18 @@ def report(kind: str, payload: dict[str, Any]) -> None:
 
 
 def run_textppo(args: argparse.Namespace) -> None:
-    from agents import TextPPO
+    from agents import TextGRPO, TextPPO
 
     env = make_env(args)
-    agent = TextPPO(
-        "LMPolicy", env, model=args.model, seed=args.seed, verbose=0, learning_rate=args.lr,
-        n_epochs=args.epochs, group_size=args.generations, kl_coef=args.kl_coef, clip_range=0.2, max_grad_norm=1.0,
-        bf16=False,
-        temperature=1.0, top_k=0, top_p=1.0,
-    )  # fmt: skip
-    report("READY", {})
+    common = {"seed": args.seed, "verbose": 0, "learning_rate": args.lr, "n_epochs": args.epochs, "n_rollouts": 1,
+              "group_size": args.generations, "kl_coef": args.kl_coef, "max_grad_norm": 1.0, "bf16": False,
+              "temperature": 1.0, "top_k": 0, "top_p": 1.0, "reward_scaling": False}  # fmt: skip
+    if args.algo == "grpo":
+        agent = TextGRPO("LMPolicy", env, model=args.model, epsilon_low=0.2, loss_type="dapo", scale_rewards="group",
+                         **common)  # fmt: skip
+    else:
+        agent = TextPPO("LMPolicy", env, model=args.model, clip_range=0.2, **common)
+    report("READY", {"params": sum(p.numel() for p in agent.policy.lm.parameters())})
     for _ in range(args.steps):
         wait_for_turn()
         before, started = agent.num_timesteps, time.perf_counter()
@@ -127,8 +141,8 @@ def run_trl(args: argparse.Namespace) -> None:
     class TakeTurns(TrainerCallback):
         """One update = ``--epochs`` optimizer steps on one generation batch; wait for the turn before each."""
 
-        def on_train_begin(self, *_: Any, **__: Any) -> None:
-            report("READY", {})
+        def on_train_begin(self, *_: Any, model: Any = None, **__: Any) -> None:
+            report("READY", {"params": sum(p.numel() for p in model.parameters())})
             wait_for_turn()
             batch["started"] = time.perf_counter()
 
@@ -177,6 +191,7 @@ class Side:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", name]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         self.updates: list[dict[str, float]] = []
+        self.params = 0
 
     def read(self, kind: str) -> dict[str, Any]:
         for line in self.proc.stdout:
@@ -196,6 +211,26 @@ class Side:
         return result
 
 
+def peak_matmul_flops(threads: int, seconds: float = 2.0) -> float:
+    """fp32 FLOP/s of a 1024x576 by 576x1536 matmul (SmolLM2-135M's MLP shape) on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+    for _ in range(3):
+        a @ b  # warm-up
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - started)
+
+
+def update_flops(params: int, tokens: int, epochs: int, reference: bool) -> float:
+    """Model FLOPs of one update (see the module docstring)."""
+    return params * tokens * (2 + (2 if reference else 0) + 6 * epochs)
+
+
 def reward_at(updates: list[dict[str, float]], budget: float) -> tuple[float, int]:
     """Mean reward of the last batch generated within ``budget`` seconds of update time, and how many batches."""
     elapsed, reward, n = 0.0, float("nan"), 0
@@ -213,9 +248,10 @@ def main() -> None:
         run_side(args)
         return
     with tempfile.NamedTemporaryFile("w+", prefix="ppo_vs_trl_", suffix=".log", delete=False) as log:
+        peak = peak_matmul_flops(args.threads)
         sides = {name: Side(name, log) for name in ("textppo", "trl")}
         for side in sides.values():
-            side.read("READY")
+            side.params = int(side.read("READY")["params"])
         for step in range(args.steps):  # alternate which side goes first
             for name in ("textppo", "trl") if step % 2 == 0 else ("trl", "textppo"):
                 sides[name].update()
@@ -226,18 +262,22 @@ def main() -> None:
     rounds = {name: [u["tokens"] / u["seconds"] for u in side.updates] for name, side in sides.items()}
     totals = {name: sum(u["seconds"] for u in side.updates) for name, side in sides.items()}
     budget = args.budget_s or min(totals.values())
+    textgym_label = "(a) TextGRPO" if args.algo == "grpo" else "(a) TextPPO"
+    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s on {args.threads} thread(s), measured in this run")
     print(f"{args.model} on {args.env}: {args.steps} updates of {args.batch} completions ({args.generations} per prompt), "
           f"max_new_tokens {args.max_new_tokens}, {args.epochs} epochs, lr {args.lr:g}, KL coef {args.kl_coef:g}, "
           f"fp32 CPU, {args.threads} thread(s); subprocess logs: {log.name}")  # fmt: skip
-    for name, label in (("textppo", "(a) TextPPO"), ("trl", "(b) TRL GRPOTrainer")):
+    for name, label in (("textppo", textgym_label), ("trl", "(b) TRL GRPOTrainer")):
         updates = sides[name].updates
         tokens = sum(u["tokens"] for u in updates)
         reward, n = reward_at(updates, budget)
+        flops = update_flops(sides[name].params, tokens, args.epochs, args.kl_coef > 0)
         print(f"{label:<20} {statistics.median(rounds[name]):>7.2f} tokens/s (median update; {tokens} tokens in "
-              f"{totals[name]:.1f} s), peak RSS {peaks[name]:.2f} GB, reward after {budget:.0f} s: {reward:.4f} "
-              f"({n} batches)")  # fmt: skip
+              f"{totals[name]:.1f} s), MFU {flops / totals[name] / peak:.1%}, peak RSS {peaks[name]:.2f} GB, "
+              f"reward after {budget:.0f} s: {reward:.4f} ({n} batches)")  # fmt: skip
     ratio = statistics.median(a / b for a, b in zip(rounds["textppo"], rounds["trl"]))
-    print(f"ratio a/b {ratio:.2f} (median of per-round ratios; floor 1.5 with the default model)")
+    floor = "2 for --algo grpo" if args.algo == "grpo" else "1.5"
+    print(f"ratio a/b {ratio:.2f} (median of per-round ratios; floor {floor} with the default model)")
 
 
 if __name__ == "__main__":

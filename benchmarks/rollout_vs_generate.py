@@ -32,7 +32,8 @@ import torch
 from transformers import GenerationConfig
 
 import textgym  # noqa: F401  (registers the env ids)
-from agents.common.policies import LMPolicy, first_real_column
+from agents.common.lm import first_real_column
+from agents.common.policies import LMPolicy
 from agents.common.rollout import collect_episodes
 from textgym.models import load_model
 

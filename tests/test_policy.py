@@ -10,7 +10,7 @@ from torch import nn
 
 import textgym  # noqa: F401
 from agents import LMPolicy
-from agents.common.policies import disable_dropout
+from agents.common.lm import disable_dropout
 from agents.common.rollout import collect_episodes
 from agents.sb3_adapter import SB3VecEnv
 from textgym.errors import ModelError

@@ -29,7 +29,7 @@ from agents.common.persistence import CheckpointError, NonFiniteError, list_chec
 from tests.test_ppo import FAST, copy_env
 
 ROOT = Path(__file__).parents[1]
-TRAIN = ["train", "textgym/Copy-v0", "--model", "tiny-random", "--num-envs", "4", "--timesteps", "60", "--save-every", "1"]
+TRAIN = ["train", "textgym/Copy-v0", "--model", "tiny-random", "--num-envs", "4", "--timesteps", "60", "--save-every", "1", "--n-rollouts", "1"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import torch
 
 import textgym  # noqa: F401
 from agents import LMPolicy
-from agents.common.policies import positions_from_mask, run_decoder, shared_prefix_forward
+from agents.common.lm import positions_from_mask, run_decoder, shared_prefix_forward
 from agents.common.rollout import collect_episodes
 from agents.common.sampling import log_probs_and_entropy, sample_tokens
 

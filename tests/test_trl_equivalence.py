@@ -24,6 +24,9 @@ module fails at import, it is not skipped.
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -38,7 +41,7 @@ ATOL = 1e-6
 G = 3  # completions per prompt
 B = 2 * G  # two prompts
 T = 8  # max completion length
-PROMPTS = ["w1 w2 w3", "w4 w5"]
+PROMPTS = ["w3 w4 w5", "w6 w7"]
 # crafted completions: token ids (3..63 are words, 1 is EOS); some end with EOS, some are truncated
 COMPLETIONS = [
     [5, 6, 7, 8, 9, 10, 11, 12],
@@ -54,11 +57,15 @@ NUM_ITEMS = 37.0  # a DAPO token count different from MASK.sum(), as with severa
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
+def _isolated():
+    """One torch thread, and the global RNGs restored afterwards (a Trainer reseeds them at construction)."""
+    threads, states = torch.get_num_threads(), (random.getstate(), np.random.get_state(), torch.get_rng_state())
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(old)
+    torch.set_num_threads(threads)
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
         vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, bos_token_id=None, eos_token_id=1, pad_token_id=0,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -101,10 +109,10 @@ def make_trainer(kind: str, model_dir: str, tmp_path, **fields):
     )
     trainer.model.eval()
     if trainer.ref_model is not None:  # make the reference differ from the policy, so the KL is not 0
-        torch.manual_seed(1)
+        gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for p in trainer.ref_model.parameters():
-                p.add_(0.3 * torch.randn_like(p))
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
     return trainer
 
 

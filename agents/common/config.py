@@ -18,7 +18,7 @@ import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from textgym.errors import ConfigError
 
@@ -28,6 +28,8 @@ AUTO_LR_SMALL, AUTO_LR_LARGE, SMALL_MODEL_PARAMS = 1e-3, 1e-5, 10_000_000
 @dataclass
 class OnPolicyConfig:
     """Every knob the on-policy engine itself reads (each algorithm adds its own)."""
+
+    min_group_size: ClassVar[int] = 1  # algorithms whose advantages compare completions of a prompt need 2
 
     learning_rate: float | Callable[[float], float] | None = None
     """Adam step size, or a schedule f(progress_remaining) (1 at the start, 0 at the end); None picks by model
@@ -86,6 +88,9 @@ class OnPolicyConfig:
 
     def check(self) -> None:
         """Checks that involve several fields (algorithms extend it)."""
+        if self.group_size < self.min_group_size:
+            raise ConfigError(f"{type(self).__name__}: the advantages compare completions of a prompt, so group_size "
+                              f"must be >= {self.min_group_size}, got {self.group_size}")  # fmt: skip
         if self.micro_batch_size and self.batch_size and self.micro_batch_size > self.batch_size:
             raise ConfigError(f"micro_batch_size ({self.micro_batch_size}) must not exceed batch_size ({self.batch_size})")
 
@@ -128,8 +133,8 @@ POSITIVE = {"learning_rate", "max_grad_norm", "ratio_threshold", "temperature", 
             "target_kl", "kl_target", "epsilon_low", "epsilon_high"}  # fmt: skip
 
 
-def _allowed_types(annotation: Any) -> tuple[list[type], list[Any], bool]:
-    """(plain types, Literal choices, None allowed) of a field annotation."""
+def annotation_kinds(annotation: Any) -> tuple[list[type], list[Any], bool]:
+    """(plain types, Literal choices, None allowed) of a field annotation (``Any`` gives ``[object]``)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return [], list(typing.get_args(annotation)), False
@@ -141,7 +146,7 @@ def _allowed_types(annotation: Any) -> tuple[list[type], list[Any], bool]:
             if arg is type(None):
                 optional = True
                 continue
-            p, c, _ = _allowed_types(arg)
+            p, c, _ = annotation_kinds(arg)
             plain += p
             choices += c
         return plain, choices, optional
@@ -159,7 +164,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def check_field(cls: type, name: str, value: Any) -> None:
     """Raise ConfigError when ``value`` does not fit field ``name`` of config class ``cls``."""
-    plain, choices, optional = _allowed_types(_hints(cls)[name])
+    plain, choices, optional = annotation_kinds(_hints(cls)[name])
     if value is None:
         if optional:
             return

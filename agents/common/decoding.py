@@ -12,7 +12,7 @@ Example:
     >>> from agents.common.decoding import decode
     >>> from agents.common.policies import policy_for
     >>> from textgym.models import load_tokenizer
-    >>> policy = policy_for("tiny-random", load_tokenizer("tiny-random"))
+    >>> policy = policy_for("tiny-random", len(load_tokenizer("tiny-random")))
     >>> steps = []
     >>> ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
     >>> _ = decode(policy, ids, mask, 4, lambda t, tok: steps.append(t) or tok)
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.common.policies import LMPolicy, first_real_column, positions_from_mask
+from agents.common.lm import first_real_column, positions_from_mask
+from agents.common.policies import LMPolicy
 from agents.common.sampling import generator_on, sample_tokens
 
 OnTokens = Callable[[int, np.ndarray], "np.ndarray | None"]

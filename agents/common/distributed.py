@@ -38,102 +38,28 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import functools
 import os
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from agents.common.launch import (  # noqa: F401 - the launch helpers are part of this module's API
+    DEFAULT_TIMEOUT_S,
+    TIMEOUT_ENV,
+    DistributedError,
+    LaunchInfo,
+    detect_launch,
+    is_main_process,
+    record_errors,
+    resolve_device,
+    timeout_seconds,
+)
 from agents.common.losses import masked_whiten
-from textgym.errors import ConfigError, TextGymError
 
-TIMEOUT_ENV = "TEXTGYM_DIST_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 600.0
 BUCKET_ELEMENTS = 25_000_000  # ~100 MB of fp32 gradients per all-reduce, like DDP's 25 MB buckets x4
-
-
-class DistributedError(TextGymError, RuntimeError):
-    """A collective failed or timed out: another rank crashed, was killed or is stuck."""
-
-
-@dataclass(frozen=True)
-class LaunchInfo:
-    """What the launcher's environment variables say about this process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(name: str, environ: dict[str, str] | os._Environ[str]) -> int | None:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} must be an integer (set by torchrun/accelerate)") from None
-
-
-def detect_launch(environ: dict[str, str] | os._Environ[str] | None = None) -> LaunchInfo:
-    """Rank, world size and local rank from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (torchrun, accelerate launch).
-
-    No ``WORLD_SIZE`` (a plain ``python`` run) means one process.  ``TEXTGYM_DISTRIBUTED=0`` forces one process.
-
-    >>> detect_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
-    LaunchInfo(rank=1, world_size=2, local_rank=1)
-    >>> detect_launch({})
-    LaunchInfo(rank=0, world_size=1, local_rank=0)
-    """
-    env = os.environ if environ is None else environ
-    if env.get("TEXTGYM_DISTRIBUTED", "1") == "0":
-        return LaunchInfo()
-    world = _env_int("WORLD_SIZE", env)
-    if world is None or world == 1:
-        return LaunchInfo()
-    rank = _env_int("RANK", env)
-    local = _env_int("LOCAL_RANK", env)
-    if world < 1 or rank is None or not 0 <= rank < world:
-        raise ConfigError(
-            f"inconsistent launch environment: WORLD_SIZE={env.get('WORLD_SIZE')!r}, RANK={env.get('RANK')!r}; "
-            "expected 0 <= RANK < WORLD_SIZE (launch with torchrun or accelerate launch)"
-        )
-    return LaunchInfo(rank=rank, world_size=world, local_rank=rank if local is None else local)
-
-
-def timeout_seconds(environ: dict[str, str] | os._Environ[str] | None = None) -> float:
-    """The collective timeout: ``TEXTGYM_DIST_TIMEOUT_S`` or 600 s."""
-    env = os.environ if environ is None else environ
-    raw = env.get(TIMEOUT_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
-    return value
-
-
-def resolve_device(device: str | torch.device, launch: LaunchInfo) -> torch.device:
-    """TextPPO's device: ``"auto"`` = CUDA if available, else CPU; under a launch, CUDA means ``cuda:LOCAL_RANK``."""
-    if device == "auto":
-        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        resolved = torch.device(device)
-    if launch.distributed and resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", launch.local_rank)
-    return resolved
 
 
 class Distributed:
@@ -407,46 +333,3 @@ def _destroy_group() -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
-
-
-def record_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Under a launch: ``fn`` wrapped so a failure is reported with its rank (plain ``fn`` in a single process).
-
-    The exception goes to torchrun's error file (``torch.distributed.elastic``'s ``record``),
-    so the launcher's summary shows the failed rank's traceback, and a one-line
-    ``textgym: rank R of W failed: ...`` goes to stderr before the exception propagates.
-    """
-    launch = detect_launch()
-    if not launch.distributed:
-        return fn
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    recorded = record(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return recorded(*args, **kwargs)
-        except Exception as err:
-            print(f"textgym: rank {launch.rank} of {launch.world_size} failed: {type(err).__name__}: {err}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            raise
-
-    return wrapper
-
-
-def is_main_process() -> bool:
-    """True on rank 0 of a launch and in a plain single-process run (for scripts' own prints and files)."""
-    return detect_launch().rank == 0
-
-
-__all__ = [
-    "Distributed",
-    "DistributedError",
-    "LaunchInfo",
-    "detect_launch",
-    "is_main_process",
-    "record_errors",
-    "resolve_device",
-    "timeout_seconds",
-]

@@ -26,32 +26,31 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.utils import configure_logger
 
 from agents.common import persistence
+from agents.common.agent import AgentAPI
 from agents.common.buffers import SequenceBatch
 from agents.common.config import AUTO_LR_LARGE, AUTO_LR_SMALL, SMALL_MODEL_PARAMS, OnPolicyConfig
-from agents.common.decoding import complete, encode_prompts, left_pad
 from agents.common.distributed import Distributed
 from agents.common.envs import as_text_vector_env
 from agents.common.interrupts import GracefulStop
 from agents.common.kl import kl_estimate
+from agents.common.lm import check_vocab, disable_dropout, load_causal_lm
 from agents.common.losses import at_last_token
-from agents.common.policies import LMPolicy, check_vocab, disable_dropout, load_causal_lm, resolve_policy
+from agents.common.policies import LMPolicy, resolve_policy
 from agents.common.rollout import collect_episodes
 from agents.common.running import RunningMoments
-from agents.common.update import Updater
+from agents.common.update import Totals, Updater
 from textgym.models import default_model
 
 
-class OnPolicyAlgorithm:
+class OnPolicyAlgorithm(AgentAPI):
     """Base of the text on-policy algorithms (see the module docstring).
 
     Args:
@@ -161,30 +160,6 @@ class OnPolicyAlgorithm:
     def _setup_algorithm(self) -> None:
         """Algorithm-specific state built with the model (KL controller, masking policy, ...)."""
 
-    # -- SB3 plumbing -------------------------------------------------------------
-    @property
-    def logger(self) -> Logger:
-        if self._logger is None:
-            if self.dist.is_main:
-                self._logger = configure_logger(self.verbose, self.tensorboard_log, type(self).__name__, True)
-            else:
-                self._logger = Logger(folder=None, output_formats=[])  # only rank 0 logs
-        return self._logger
-
-    def set_logger(self, logger: Logger) -> None:
-        """Use a custom SB3 logger (``stable_baselines3.common.logger.configure(folder, formats)``); rank 0 only."""
-        self._logger = logger if self.dist.is_main else Logger(folder=None, output_formats=[])
-
-    def get_env(self) -> Any:
-        return self.env
-
-    def get_vec_normalize_env(self) -> None:
-        return None
-
-    @property
-    def n_envs(self) -> int:
-        return self.env.num_envs
-
     def autocast(self) -> Callable[[], Any] | None:
         """A bf16 autocast factory when bf16 is on (config.bf16, default: on CUDA), else None."""
         bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
@@ -265,16 +240,6 @@ class OnPolicyAlgorithm:
         cb.on_training_end()
         return self
 
-    def _init_callback(self, callback: Any) -> BaseCallback:
-        if isinstance(callback, list):
-            callback = CallbackList(callback)
-        elif callback is None:
-            callback = CallbackList([])
-        elif not isinstance(callback, BaseCallback):
-            callback = ConvertCallback(callback)
-        callback.init_callback(self)  # type: ignore[arg-type]
-        return callback
-
     def collect(self, callback: BaseCallback) -> SequenceBatch | None:
         """``n_rollouts`` lockstep rollouts as one batch (None when a callback stopped training)."""
         batches = []
@@ -344,6 +309,18 @@ class OnPolicyAlgorithm:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         return Updater(self.policy.optimizer, params, self.dist, cfg.batch_size, cfg.micro_batch_size,
                        cfg.max_grad_norm, cfg.ratio_threshold, cfg.group_size, self.torch_gen)  # fmt: skip
+
+    def fit(self, batch: SequenceBatch, n_epochs: int) -> Updater:
+        """``n_epochs`` over the batch's mini-batches, one :meth:`loss` step each (no early stop)."""
+        updater = self.updater()
+        for _epoch in range(n_epochs):
+            for minibatch in updater.minibatches(batch):
+                updater.step(minibatch, self.loss)
+        return updater
+
+    def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The algorithm's loss of a slice of a mini-batch, as its share (see :mod:`agents.common.update`)."""
+        raise NotImplementedError
 
     def finish(self, updater: Updater, stats: dict[str, float]) -> dict[str, float]:
         """The update's statistics; a warning (and no step counted) when not one step was finite."""
@@ -431,80 +408,3 @@ class OnPolicyAlgorithm:
         self.score_moments.update(m["mean"], max(m["sq"] - m["mean"] ** 2, 0.0), self.dist.sum_int(len(batch)))
         scale = max(self.score_moments.std, 1e-4)  # a constant reward (std 0) is left unscaled in effect
         return rewards / scale, {"train/reward_scale": scale}
-
-    def _record(self, stats: dict[str, float], log_interval: int) -> None:
-        stats["time/total_timesteps"] = float(self.num_timesteps)
-        self.history.append(dict(stats))
-        if len(self.history) > self.config.history_size:  # thin out: the newest and every other one before it
-            self.history = self.history[::-2][::-1]
-        for key, value in stats.items():
-            self.logger.record(key, value)
-        if log_interval and self.n_updates % log_interval == 0:
-            self.logger.dump(step=self.num_timesteps)
-
-    # -- inference ---------------------------------------------------------------------
-    def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: np.ndarray | None = None,
-                deterministic: bool = False) -> tuple[np.ndarray, Any]:  # fmt: skip
-        """SB3's ``predict``: the next token of each observation (action mask and temperature applied)."""
-        return self.policy.predict(observation, state, episode_start, deterministic)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None, deterministic: bool = False,
-                 chat: bool | None = None) -> list[str]:  # fmt: skip
-        """Complete raw prompt strings with the policy's sampling distribution.
-
-        ``chat`` (default: the env task's setting) wraps each prompt in the tokenizer's chat template.
-        """
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise TypeError(f"prompts must be a list of strings, got {prompts!r}")
-        if not prompts:
-            return []
-        max_new = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        tokenizer = self.spec.tokenizer
-        ids, mask = left_pad(encode_prompts(tokenizer, prompts, self.spec.chat if chat is None else chat), self.spec.pad_id)
-        rows = complete(self.policy, ids, mask, max_new, self.spec.eos_id, generator=self.torch_gen,
-                        deterministic=deterministic)  # fmt: skip
-        return tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    # -- persistence ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Counters, random streams and history: with the weights and optimizer, an exact resume."""
-        return {
-            "num_timesteps": self.num_timesteps,
-            "total_timesteps": self.total_timesteps,  # the target of the learn() call in progress
-            "n_updates": self.n_updates,
-            "torch_rng": torch.get_rng_state(),
-            "sampling_rng": self.torch_gen.get_state(),
-            "numpy_rng": self.np_rng.bit_generator.state,
-            "history": self.history,
-            "score_moments": self.score_moments.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        self.total_timesteps = int(state.get("total_timesteps", self.num_timesteps))
-        torch.set_rng_state(state["torch_rng"])
-        self.torch_gen.set_state(state["sampling_rng"])
-        self.np_rng = np.random.default_rng()
-        self.np_rng.bit_generator.state = state["numpy_rng"]
-        self.np_rng = self.dist.decorrelate(self.torch_gen, self.np_rng)  # ranks > 0: their own streams
-        self.history = list(state["history"])
-        self.score_moments.load_state_dict(state["score_moments"])
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an HF checkpoint dir (+ value head, optimizer, training state) atomically; rank 0 only."""
-        if self.dist.is_main:
-            persistence.save_agent(self, path)
-
-    def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None:
-        """Save ``save_dir/checkpoint-<updates>`` (rank 0 only) and keep the ``keep`` newest; its path."""
-        return persistence.save_checkpoint(self, save_dir, keep) if self.dist.is_main else None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], env: Any = None, device: str | torch.device = "auto",
-             **overrides: Any) -> OnPolicyAlgorithm:  # fmt: skip
-        """Rebuild an agent saved with :meth:`save` (or the newest valid checkpoint of a run directory);
-        ``learn(..., reset_num_timesteps=False)`` then continues exactly."""
-        return persistence.load_agent(cls, path, env=env, device=device, **overrides)

@@ -37,7 +37,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -45,8 +45,28 @@ from safetensors.torch import load_file, save_file
 
 from textgym.errors import TextGymError
 
-if TYPE_CHECKING:
-    from agents.common.on_policy import OnPolicyAlgorithm as Agent
+
+class Agent(Protocol):
+    """What persistence reads and writes of an agent (its algorithm class is never imported here)."""
+
+    name: str
+    config: Any
+    policy: Any
+    reference: Any
+    spec: Any
+    env: Any
+    model_spec: Any
+    policy_kwargs: dict[str, Any]
+    seed: int | None
+    verbose: int
+    num_timesteps: int
+    n_updates: int
+    nonfinite_streak: int
+    nonfinite_reason: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None: ...
 
 T = TypeVar("T")
 
@@ -196,7 +216,7 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_agent(cls: type[Agent], path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> Agent:
+def load_agent(cls: Any, path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> Agent:
     """See :meth:`agents.Agent.load`: one checkpoint, or the newest valid one of a run directory."""
     root = Path(path)
     if (root / META).is_file() or not list_checkpoints(root):
@@ -237,7 +257,7 @@ def _newest_valid(root: Path, attempt: Callable[[Path], T]) -> T:
 _READ_ERRORS = (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, SafetensorError)
 
 
-def _load_checkpoint(cls: type[Agent], root: Path, env: Any, device: Any, **overrides: Any) -> Agent:
+def _load_checkpoint(cls: Any, root: Path, env: Any, device: Any, **overrides: Any) -> Agent:
     import gymnasium as gym
 
     from textgym.models import load_model

@@ -4,7 +4,7 @@ The policy samples from ``softmax(filter(logits / temperature))`` where the
 filter removes tokens outside the env's action mask, outside the ``top_k``
 largest and outside the ``top_p`` nucleus.  The same function turns logits into
 log-probabilities in the rollout, for the reference model and in the PPO
-update, always in float32 (bf16 log-softmax drifts, see DESIGN.md).
+update, always in float32 (a bf16 log-softmax drifts; see docs/trainer.md).
 
 In a recomputation the token that was actually sampled is always kept in the
 support (``keep=``): a top-k/top-p filter recomputed from updated logits could

@@ -11,7 +11,8 @@ micro-batch on every rank add up to the loss of the whole mini-batch.  The
   importance ratio exceeds ``ratio_threshold`` (:meth:`Distributed.agree`);
 * averages gradients over ranks, clips them, steps the optimizer, and skips a
   step whose gradient norm is not finite;
-* accumulates the logged statistics, weighted by each slice's share of tokens.
+* accumulates the logged statistics, weighted by each slice's share of tokens, and logs ``loss``, the
+  mini-batch loss that was optimised (the sum of the shares).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Updater:
             weight = float(part.gen_mask.sum() / totals.tokens)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())  # shares add up to the mini-batch loss
         names = sorted(sums)
         exploded, values = self.dist.agree(exploded, [*(sums.get(k, 0.0) for k in names), float(not_finite)])
         sums, not_finite = dict(zip(names, values[:-1])), values[-1] > 0

@@ -18,7 +18,6 @@ lists the valid names.  ``make_reward`` turns any of these into a
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 
 from textgym.data.base import Sample
 from textgym.errors import ConfigError, RewardError
+from textgym.rewards.pool import compute_group
 
 
 class RewardOutput(NamedTuple):
@@ -85,17 +85,10 @@ def metric_info(name: str) -> MetricInfo:
     return METRICS[name]
 
 
-def load_function(function: str) -> Callable[..., dict[str, np.ndarray]]:
-    module, _, attr = function.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def compute_metrics(
     names: Sequence[str], texts: Sequence[str], samples: Sequence[Sample], workers: int = 0
 ) -> dict[str, np.ndarray]:
     """Compute built-in metrics, one call per metric group (in ``workers`` processes if > 1)."""
-    from textgym.rewards.pool import compute_group
-
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(metric_info(name).function, []).append(name)

@@ -36,6 +36,7 @@ import numpy as np
 from textgym.data.base import Sample
 from textgym.errors import ConfigError
 from textgym.rewards.base import RewardOutput
+from textgym.rewards.programs import program_for
 from textgym.sandbox import ExecutionResult, Isolation, Sandbox, SandboxLimits
 
 ExecutionMetric = Literal["pass_rate", "all_pass"]
@@ -55,7 +56,7 @@ class ExecutionReward:
             repeated answers do not run the same code twice.
 
     Each sample needs ``meta["test"]`` and ``meta["entry_point"]``; how the
-    answer becomes a program is :func:`textgym.tasks.code.program_for`.
+    answer becomes a program is :func:`textgym.rewards.programs.program_for`.
     """
 
     def __init__(
@@ -94,8 +95,6 @@ class ExecutionReward:
 
     def results(self, texts: Sequence[str], samples: Sequence[Sample]) -> list[tuple[str | None, ExecutionResult]]:
         """(extracted program, sandbox result) per answer; programs run as one parallel batch."""
-        from textgym.tasks.code import program_for  # the task owns code extraction
-
         if len(texts) != len(samples):
             raise ConfigError(f"{len(texts)} texts but {len(samples)} samples")
         programs = [program_for(text, sample) for text, sample in zip(texts, samples, strict=True)]

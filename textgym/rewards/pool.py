@@ -10,8 +10,9 @@ execution) or hold a model (semantic similarity) stay in-process.
 from __future__ import annotations
 
 import functools
+import importlib
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -21,9 +22,13 @@ import numpy as np
 MIN_TEXTS_PER_WORKER = 8
 
 
-def _run_group(function: str, names: frozenset[str], texts: list[str], samples: list[Any]) -> dict[str, np.ndarray]:
-    from textgym.rewards.base import load_function
+def load_function(function: str) -> Callable[..., dict[str, np.ndarray]]:
+    """The function a ``"module:attr"`` string names (how metric groups travel to worker processes)."""
+    module, _, attr = function.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
+
+def _run_group(function: str, names: frozenset[str], texts: list[str], samples: list[Any]) -> dict[str, np.ndarray]:
     values = load_function(function)(texts, samples, names)
     return {name: np.asarray(values[name], dtype=np.float64) for name in names}
 

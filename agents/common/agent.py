@@ -1,0 +1,132 @@
+"""The public surface every text agent shares with Stable-Baselines3's: logger, env access,
+``predict``, ``generate``, ``state_dict`` and ``save``/``load`` (through :mod:`agents.common.persistence`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import configure_logger
+
+from agents.common import persistence
+from agents.common.decoding import complete, encode_prompts, left_pad
+
+
+class AgentAPI:
+    """Mixed into :class:`~agents.common.on_policy.OnPolicyAlgorithm` (it sets the attributes used here)."""
+
+    # -- SB3 plumbing -------------------------------------------------------------
+    @property
+    def logger(self) -> Logger:
+        if self._logger is None:
+            if self.dist.is_main:
+                self._logger = configure_logger(self.verbose, self.tensorboard_log, type(self).__name__, True)
+            else:
+                self._logger = Logger(folder=None, output_formats=[])  # only rank 0 logs
+        return self._logger
+
+    def _init_callback(self, callback: Any) -> BaseCallback:
+        if isinstance(callback, list):
+            callback = CallbackList(callback)
+        elif callback is None:
+            callback = CallbackList([])
+        elif not isinstance(callback, BaseCallback):
+            callback = ConvertCallback(callback)
+        callback.init_callback(self)  # type: ignore[arg-type]
+        return callback
+
+    def _record(self, stats: dict[str, float], log_interval: int) -> None:
+        stats["time/total_timesteps"] = float(self.num_timesteps)
+        self.history.append(dict(stats))
+        if len(self.history) > self.config.history_size:  # thin out: the newest and every other one before it
+            self.history = self.history[::-2][::-1]
+        for key, value in stats.items():
+            self.logger.record(key, value)
+        if log_interval and self.n_updates % log_interval == 0:
+            self.logger.dump(step=self.num_timesteps)
+
+    def set_logger(self, logger: Logger) -> None:
+        """Use a custom SB3 logger (``stable_baselines3.common.logger.configure(folder, formats)``); rank 0 only."""
+        self._logger = logger if self.dist.is_main else Logger(folder=None, output_formats=[])
+
+    def get_env(self) -> Any:
+        return self.env
+
+    def get_vec_normalize_env(self) -> None:
+        return None
+
+    @property
+    def n_envs(self) -> int:
+        return self.env.num_envs
+
+    # -- inference ---------------------------------------------------------------------
+    def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = False) -> tuple[np.ndarray, Any]:  # fmt: skip
+        """SB3's ``predict``: the next token of each observation (action mask and temperature applied)."""
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None, deterministic: bool = False,
+                 chat: bool | None = None) -> list[str]:  # fmt: skip
+        """Complete raw prompt strings with the policy's sampling distribution.
+
+        ``chat`` (default: the env task's setting) wraps each prompt in the tokenizer's chat template.
+        """
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be a list of strings, got {prompts!r}")
+        if not prompts:
+            return []
+        max_new = self.spec.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        tokenizer = self.spec.tokenizer
+        ids, mask = left_pad(encode_prompts(tokenizer, prompts, self.spec.chat if chat is None else chat), self.spec.pad_id)
+        rows = complete(self.policy, ids, mask, max_new, self.spec.eos_id, generator=self.torch_gen,
+                        deterministic=deterministic)  # fmt: skip
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, random streams and history: with the weights and optimizer, an exact resume."""
+        return {
+            "num_timesteps": self.num_timesteps,
+            "total_timesteps": self.total_timesteps,  # the target of the learn() call in progress
+            "n_updates": self.n_updates,
+            "torch_rng": torch.get_rng_state(),
+            "sampling_rng": self.torch_gen.get_state(),
+            "numpy_rng": self.np_rng.bit_generator.state,
+            "history": self.history,
+            "score_moments": self.score_moments.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        self.total_timesteps = int(state.get("total_timesteps", self.num_timesteps))
+        torch.set_rng_state(state["torch_rng"])
+        self.torch_gen.set_state(state["sampling_rng"])
+        self.np_rng = np.random.default_rng()
+        self.np_rng.bit_generator.state = state["numpy_rng"]
+        self.np_rng = self.dist.decorrelate(self.torch_gen, self.np_rng)  # ranks > 0: their own streams
+        self.history = list(state["history"])
+        self.score_moments.load_state_dict(state["score_moments"])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an HF checkpoint dir (+ value head, optimizer, training state) atomically; rank 0 only."""
+        if self.dist.is_main:
+            persistence.save_agent(self, path)
+
+    def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None:
+        """Save ``save_dir/checkpoint-<updates>`` (rank 0 only) and keep the ``keep`` newest; its path."""
+        return persistence.save_checkpoint(self, save_dir, keep) if self.dist.is_main else None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any = None, device: str | torch.device = "auto",
+             **overrides: Any) -> Any:  # fmt: skip
+        """Rebuild an agent saved with :meth:`save` (or the newest valid checkpoint of a run directory);
+        ``learn(..., reset_num_timesteps=False)`` then continues exactly."""
+        return persistence.load_agent(cls, path, env=env, device=device, **overrides)

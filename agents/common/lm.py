@@ -1,0 +1,161 @@
+"""Helpers over a Hugging Face causal LM: loading, dropout, LoRA, the vocabulary check, and the
+decoder forward with a KV cache that encodes a prompt shared by several rows once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from textgym.errors import ModelError
+
+DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
+
+
+def load_causal_lm(model: Any) -> nn.Module:
+    """A causal LM from a textgym model spec (alias, path, hub id) or a ready ``PreTrainedModel``."""
+    if isinstance(model, nn.Module):
+        return model
+    from textgym.models import load_model
+
+    return load_model(model)
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Dropout off everywhere (policy, reference and critic must be deterministic functions)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = 0.0
+        for attr in DROPOUT_ATTRS:
+            if isinstance(getattr(sub, attr, None), float):
+                setattr(sub, attr, 0.0)
+    config = getattr(module, "config", None)
+    for attr in DROPOUT_ATTRS:
+        if isinstance(getattr(config, attr, None), float):
+            setattr(config, attr, 0.0)
+
+
+def model_name(model: Any) -> str:
+    """A model spec or a loaded model's name, for messages."""
+    if isinstance(model, nn.Module):
+        return getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+    return str(model)
+
+
+def check_vocab(lm: nn.Module, vocab_size: int, env_model: Any, model: Any) -> None:
+    """The model's LM head must have one row per token id of the env's tokenizer (``vocab_size``)."""
+    rows = int(lm.get_output_embeddings().weight.shape[0])
+    if rows != vocab_size:
+        raise ModelError(
+            f"vocabulary mismatch: env {env_model or 'default'!r} has a tokenizer of {vocab_size} tokens, "
+            f"model {model_name(model)!r} an LM head of {rows} (config.vocab_size="
+            f"{getattr(lm.config, 'vocab_size', '?')}); build the env with the same model: "
+            f"gym.make_vec(id, model={model_name(model)!r})"
+        )
+
+
+def apply_lora(lm: nn.Module, lora: Any) -> nn.Module:
+    """Wrap ``lm`` in LoRA adapters (``lora``: True, a dict of ``LoraConfig`` kwargs or a ``LoraConfig``)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is a test dependency
+        from textgym.errors import DependencyNotInstalled
+
+        raise DependencyNotInstalled("lora= needs peft: pip install peft") from err
+    if lora is True:
+        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    elif isinstance(lora, dict):
+        config = LoraConfig(**{"lora_dropout": 0.0, "task_type": "CAUSAL_LM", **lora})
+    elif isinstance(lora, LoraConfig):
+        config = lora
+    else:
+        raise TypeError(f"lora must be True, a dict of LoraConfig arguments or a LoraConfig, got {lora!r}")
+    return get_peft_model(lm, config)
+
+
+def run_decoder(
+    decoder: nn.Module,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    past: Any = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, Any]:
+    """Last hidden states and KV cache of a transformers decoder (``cache=`` in transformers >= 5.x,
+    ``past_key_values=`` before)."""
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": positions}
+    kwargs["use_cache"] = use_cache  # never build a cache nobody reads (the update's full forward)
+    if use_cache:
+        kwargs[_cache_kwarg(type(decoder))] = past
+    out = decoder(**kwargs)
+    cache = getattr(out, "cache", None) if use_cache else None
+    if use_cache and cache is None:
+        cache = getattr(out, "past_key_values", None)
+    return out.last_hidden_state, cache
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def first_real_column(mask: torch.Tensor) -> int:
+    """The first column where any row has a real token (left padding shared by all rows starts before it)."""
+    used = torch.nonzero(mask.any(dim=0))
+    return int(used[0]) if used.numel() else max(mask.shape[1] - 1, 0)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at the first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_groups(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that share a prompt: ``(first, inverse)`` with ``ids[first][inverse] == ids`` (and the same
+    for ``mask``), or None when every row's prompt is its own."""
+    key = torch.cat([ids, mask.to(ids.dtype)], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if unique.shape[0] == ids.shape[0]:
+        return None
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    first = torch.zeros(unique.shape[0], dtype=torch.long, device=ids.device).scatter_(0, inverse, rows)
+    return first, inverse
+
+
+def select_cache_rows(cache: Any, index: torch.Tensor) -> Any:
+    """The KV cache of rows ``index`` (rows may repeat); differentiable, so a shared prompt's
+    keys and values receive the gradients of every completion that attends to them."""
+    if hasattr(cache, "batch_select_indices"):  # transformers' Cache classes
+        cache.batch_select_indices(index)
+        return cache
+    return tuple(tuple(t[index] for t in layer) for layer in cache)  # legacy tuple-of-tuples format
+
+
+def shared_prefix_forward(
+    decoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int, use_cache: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Hidden states (and, with ``use_cache``, the KV cache) of a left-padded batch whose first
+    ``prompt_len`` columns are a prompt, encoding each distinct prompt once.
+
+    With k completions per prompt the prompt's tokens go through the transformer once instead of
+    k times; the completions then attend to its (repeated, differentiable) KV cache.  Without
+    shared prompts this is a plain forward.  Gradient checkpointing in training needs the plain
+    forward (transformers turns the cache off there).
+    """
+    positions = positions_from_mask(mask)
+    groups = prompt_groups(ids[:, :prompt_len], mask[:, :prompt_len]) if prompt_len > 0 else None
+    checkpointing = getattr(decoder, "gradient_checkpointing", False) and decoder.training
+    if groups is None or checkpointing:
+        return run_decoder(decoder, ids, mask, positions, use_cache=use_cache)
+    first, inverse = groups
+    P = prompt_len
+    hidden, cache = run_decoder(decoder, ids[first, :P], mask[first, :P], positions[first, :P], use_cache=True)
+    cache = select_cache_rows(cache, inverse)
+    hidden = hidden[inverse]
+    if ids.shape[1] == P:
+        return hidden, (cache if use_cache else None)
+    rest, cache = run_decoder(decoder, ids[:, P:], mask, positions[:, P:], cache, use_cache=True)
+    return torch.cat([hidden, rest], dim=1), (cache if use_cache else None)
