@@ -23,12 +23,12 @@ Values outside ``mask`` are ignored, even when they are not finite.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 
 from agents.common.buffers import SequenceBatch
-from agents.common.config import OnPolicyConfig
+from agents.common.config import GroupConfig
 from agents.common.losses import masked_mean
 from agents.common.on_policy import OnPolicyAlgorithm
 from agents.common.update import Totals
@@ -308,32 +308,18 @@ def aggregate_loss(
 
 # -- the algorithm ---------------------------------------------------------------------------------
 @dataclass
-class GRPOConfig(OnPolicyConfig):
+class GRPOConfig(GroupConfig):
     """TextGRPO's hyperparameters (TRL ``GRPOConfig`` names in the docs), with the engine's."""
 
-    min_group_size: ClassVar[int] = 2
-
-    group_size: int = 4
-    """Completions per prompt (TRL num_generations); the advantages compare them, so at least 2."""
-    n_epochs: int = 4
-    """Passes over each update's episodes (TRL num_iterations, 1 there): 4, clipped like PPO's, learn Copy-v0
-    with a tiny model in a minute (test accuracy 0.07 -> 0.3-0.65 in 40k tokens; 1 epoch: 0.17-0.25)."""
     kl_coef: float = 0.04
     """Weight of the k3 KL term in the loss (TRL beta, default 0.0 there; DeepSeekMath used 0.04)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator of the logged rollout KL (the loss always uses k3, as GRPO does)."""
-    reward_scaling: bool = False
-    """Off: the group's standard deviation already scales the advantages (scale_rewards)."""
-    epsilon_low: float = 0.2
-    """Lower clip of the ratio, 1 - epsilon_low (TRL epsilon)."""
-    epsilon_high: float | None = None
-    """Upper clip of the ratio, 1 + epsilon_high (TRL epsilon_high; None = epsilon_low; DAPO's clip-higher: 0.28)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide the centred rewards by the std of the group, of the whole batch, or not at all (Dr. GRPO)."""
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     """Token aggregation: per-sequence mean then mean (grpo), token mean (bnpo, dapo: the same over one
     mini-batch), or token sum / (sequences * max_new_tokens) (dr_grpo)."""
-
 
 
 class TextGRPO(OnPolicyAlgorithm):

@@ -46,13 +46,8 @@ import torch
 from torch import nn
 
 from agents.common.buffers import SequenceBatch
-from agents.common.policies import (
-    LMPolicy,
-    first_real_column,
-    positions_from_mask,
-    run_decoder,
-    shared_prefix_forward,
-)
+from agents.common.lm import first_real_column, positions_from_mask, run_decoder, shared_prefix_forward
+from agents.common.policies import LMPolicy
 from agents.common.sampling import filter_logits
 from agents.ppo import PPOConfig, TextPPO
 

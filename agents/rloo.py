@@ -23,12 +23,11 @@ Shapes and layout as in :mod:`agents.grpo`: (B, T) per-token log-probs,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from agents.common.buffers import SequenceBatch
-from agents.common.config import OnPolicyConfig
+from agents.common.config import GroupConfig
 from agents.common.losses import masked_mean
 from agents.common.on_policy import OnPolicyAlgorithm
 from agents.common.update import Totals
@@ -163,29 +162,15 @@ def rloo_aggregate_loss(per_sequence_loss: torch.Tensor) -> torch.Tensor:
 
 # -- the algorithm ---------------------------------------------------------------------------------
 @dataclass
-class RLOOConfig(OnPolicyConfig):
+class RLOOConfig(GroupConfig):
     """TextRLOO's hyperparameters (TRL ``RLOOConfig`` names in the docs), with the engine's."""
 
-    min_group_size: ClassVar[int] = 2
-
-    group_size: int = 4
-    """Completions per prompt (TRL num_generations, default 2 there); the baseline is the others' mean."""
-    n_epochs: int = 4
-    """Passes over each update's episodes (TRL num_iterations, 1 there): 4, clipped like PPO's, learn Copy-v0
-    with a tiny model in a minute (test accuracy 0.07 -> 0.3-0.65 in 40k tokens; 1 epoch: 0.17-0.25)."""
     kl_coef: float = 0.05
     """Weight of the sequence-level KL subtracted from the reward (TRL beta, 0.05). TRL's RLOO puts the KL
     in the reward only, and so does this one."""
-    reward_scaling: bool = False
-    """Off by default, as in TRL (normalize_advantages whitens the advantages instead)."""
-    epsilon_low: float = 0.2
-    """Lower clip of the sequence ratio, 1 - epsilon_low (TRL epsilon)."""
-    epsilon_high: float | None = None
-    """Upper clip of the sequence ratio (TRL epsilon_high; None = epsilon_low)."""
     normalize_advantages: bool = True
     """Whiten the advantages over the update's episodes (TRL normalize_advantages, False there: on for a
     learning rate that does not depend on the reward's scale)."""
-
 
 
 class TextRLOO(OnPolicyAlgorithm):

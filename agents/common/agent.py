@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,15 @@ class AgentAPI:
     @property
     def n_envs(self) -> int:
         return self.env.num_envs
+
+    def autocast(self) -> Callable[[], Any] | None:
+        """A bf16 autocast factory when bf16 is on (config.bf16, default: on CUDA), else None."""
+        bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
+        return (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else None
+
+    def ctx(self) -> Any:
+        factory = self.autocast()
+        return factory() if factory is not None else contextlib.nullcontext()
 
     # -- inference ---------------------------------------------------------------------
     def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: np.ndarray | None = None,

@@ -122,6 +122,26 @@ class OnPolicyConfig:
         return data
 
 
+@dataclass
+class GroupConfig(OnPolicyConfig):
+    """Fields of the critic-free algorithms whose advantages compare the completions of a prompt (GRPO, RLOO);
+    TRL's names in the docs."""
+
+    min_group_size: ClassVar[int] = 2
+
+    group_size: int = 4
+    """Completions per prompt (TRL num_generations); the advantages compare them, so at least 2."""
+    n_epochs: int = 4
+    """Passes over each update's episodes (TRL num_iterations, 1 there): 4, clipped like PPO's, learn Copy-v0
+    with a tiny model in a minute (test accuracy 0.07 -> 0.3-0.65 in 40k tokens; 1 epoch: 0.17-0.25)."""
+    reward_scaling: bool = False
+    """Off, as in TRL: the advantages are normalised by the algorithm itself."""
+    epsilon_low: float = 0.2
+    """Lower clip of the importance ratio, 1 - epsilon_low (TRL epsilon)."""
+    epsilon_high: float | None = None
+    """Upper clip of the ratio, 1 + epsilon_high (TRL epsilon_high; None = epsilon_low; DAPO's clip-higher: 0.28)."""
+
+
 # -- per-field checks, from the type annotation and a few declared bounds --------------------------------
 BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low inclusive)
     "gamma": (0.0, 1.0, True),

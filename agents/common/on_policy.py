@@ -19,13 +19,11 @@ One timestep is one generated token (all ranks together).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -159,15 +157,6 @@ class OnPolicyAlgorithm(AgentAPI):
 
     def _setup_algorithm(self) -> None:
         """Algorithm-specific state built with the model (KL controller, masking policy, ...)."""
-
-    def autocast(self) -> Callable[[], Any] | None:
-        """A bf16 autocast factory when bf16 is on (config.bf16, default: on CUDA), else None."""
-        bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
-        return (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else None
-
-    def ctx(self) -> Any:
-        factory = self.autocast()
-        return factory() if factory is not None else contextlib.nullcontext()
 
     # -- learning ---------------------------------------------------------------------
     def learn(

@@ -9,18 +9,10 @@ transformer.  Observations are the env's ``input_ids`` / ``attention_mask``
 
 Two ways to use it:
 
-* :class:`agents.TextPPO` (fast path): batched rollouts with a KV cache, one
+* the algorithms of :mod:`agents` (fast path): batched rollouts with a KV cache, one
   forward per sequence in the update (:meth:`LMPolicy.sequence_forward`);
 * stock ``stable_baselines3.PPO`` (slow, for compatibility), through
-  :class:`agents.sb3_adapter.SB3VecEnv`::
-
-      from stable_baselines3 import PPO
-      from agents import LMPolicy
-      from agents.sb3_adapter import SB3VecEnv
-      venv = SB3VecEnv(gym.make_vec("textgym/Copy-v0", num_envs=4, model="tiny-random"))
-      ppo = PPO(LMPolicy, venv, n_steps=8, batch_size=16,
-                policy_kwargs={"model": "tiny-random", "action_mask": venv.action_mask})
-      ppo.learn(64)
+  :class:`agents.sb3_adapter.SB3VecEnv` (the README shows how).
 """
 
 from __future__ import annotations
