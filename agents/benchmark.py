@@ -108,7 +108,7 @@ def run_cell(env_id: str, agent: Any, *, episodes: int, split: str, seed: int, m
     metrics = {
         name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for name, v in values.items()
     }
-    return {"metrics": metrics, "main_metric": envs.unwrapped.task.main_metric, "samples": indices}
+    return {"metrics": metrics, "main_metric": envs.unwrapped.text_spec.main_metric, "samples": indices}
 
 
 def _versions() -> dict[str, str]:

@@ -311,7 +311,7 @@ def eval_command(args: argparse.Namespace) -> int:
         spec = args.model
     env = gym.make_vec(args.id, num_envs=args.num_envs, split=args.split, model=spec)
     policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 0.0, model=spec,
-                      action_mask=env.setup.action_mask)  # fmt: skip
+                      action_mask=env.text_spec.action_mask)  # fmt: skip
     result = evaluate_policy_on_env(policy, env, args.episodes)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         missing_eos_penalty=args.missing_eos_penalty, lora=True if args.lora else None,
         reward_scaling=False,  # the demo's kl_coef and learning rate were measured on raw chrF scores
     )  # fmt: skip
-    metric = train_env.setup.task.main_metric
-    n_eval = len(test_env.setup.samples) if args.eval_episodes is None else min(args.eval_episodes, len(test_env.setup.samples))
+    metric = train_env.text_spec.main_metric
+    n_test = test_env.text_spec.num_samples
+    n_eval = n_test if args.eval_episodes is None else min(args.eval_episodes, n_test)
     print(f"[demo] {args.env} with {model}: zero-shot eval on {n_eval} test samples ...", flush=True)
     before = evaluate_policy_on_env(agent.policy, test_env, args.eval_episodes, seed=args.seed)
     print(f"[demo] before: {metric} = {before['metrics'].get(metric, before['reward_mean']):.4f} "

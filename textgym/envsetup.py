@@ -155,6 +155,7 @@ class EnvSetup:
             chat=bool(getattr(self.task, "chat", False)),
             multi_turn=bool(self.task.multi_turn),
             num_samples=len(self.samples),
+            main_metric=self.task.main_metric,
         )
 
     def _check_mask(self, mask: np.ndarray | None) -> np.ndarray | None:

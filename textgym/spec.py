@@ -37,6 +37,7 @@ class TextSpec:
         chat: the task wraps its prompts in the tokenizer's chat template.
         multi_turn: the task's episodes continue with a new prompt after each answer.
         num_samples: samples in the env's split (its shard, under data parallelism).
+        main_metric: the ``info["metrics"]`` entry that tables and benchmarks report first.
     """
 
     env_id: str | None
@@ -51,6 +52,7 @@ class TextSpec:
     chat: bool
     multi_turn: bool
     num_samples: int
+    main_metric: str
 
     @property
     def filler_token(self) -> int:

@@ -84,14 +84,13 @@ class OnPolicyAlgorithm(AgentAPI):
         self.config = self.config_class.build(config, **overrides)
         self.policy_class = resolve_policy(policy)
         self.env = as_text_vector_env(env, type(self).__name__)
-        self.spec = self.env.text_spec
-        self.model_spec = model if model is not None else (self.spec.model or default_model())
-        self.policy_kwargs = dict(policy_kwargs or {})
-        self.tensorboard_log, self.verbose, self.seed = tensorboard_log, verbose, seed
         self.dist = Distributed.from_env(device)  # torchrun / accelerate launch: join the group; else one process
         self.device = self.dist.device
         self.dist.shard_env(self.env)
-        self.spec = self.env.text_spec  # the shard's sample count
+        self.spec = self.env.text_spec  # after sharding: num_samples is this rank's
+        self.model_spec = model if model is not None else (self.spec.model or default_model())
+        self.policy_kwargs = dict(policy_kwargs or {})
+        self.tensorboard_log, self.verbose, self.seed = tensorboard_log, verbose, seed
         if self.env.num_envs % self.config.group_size:
             raise ValueError(
                 f"group_size={self.config.group_size} must divide the env's num_envs={self.env.num_envs} "
@@ -104,7 +103,8 @@ class OnPolicyAlgorithm(AgentAPI):
         if episodes < 16:
             warnings.warn(
                 f"{type(self).__name__}: {episodes} episodes per update; with so few the gradient of an end-of-episode "
-                "score is mostly noise (raise n_rollouts or num_envs; n_rollouts=None aims for min_episodes=64)",
+                f"score is mostly noise (raise n_rollouts or num_envs; n_rollouts=None aims for min_episodes="
+                f"{self.config.min_episodes})",
                 UserWarning,
                 stacklevel=2,
             )
