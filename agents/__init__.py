@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agents.common.callbacks import CheckpointCallback, TextEvalCallback
     from agents.common.policies import LMPolicy
     from agents.grpo import GRPOConfig, TextGRPO
     from agents.nlpo import NLPOConfig, TextNLPO
@@ -30,10 +31,11 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "rloo": ("agents.rloo", "TextRLOO", "RLOOConfig"),
     "nlpo": ("agents.nlpo", "TextNLPO", "NLPOConfig"),
 }
-_EXPORTS = {"LMPolicy": "agents.common.policies"}
+_EXPORTS = {"LMPolicy": "agents.common.policies", "TextEvalCallback": "agents.common.callbacks",
+            "CheckpointCallback": "agents.common.callbacks"}
 for _module, _cls, _config in ALGORITHMS.values():
     _EXPORTS[_cls] = _EXPORTS[_config] = _module
-__all__ = ["ALGORITHMS", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "TextGRPO", "TextNLPO", "TextPPO", "TextRLOO", "algorithm", "load_agent"]
+__all__ = ["ALGORITHMS", "CheckpointCallback", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "TextGRPO", "TextNLPO", "TextPPO", "TextEvalCallback", "TextRLOO", "algorithm", "load_agent"]
 
 
 def algorithm(name: str) -> Any:

@@ -70,15 +70,21 @@ def _check_batched(obs: dict[str, np.ndarray]) -> None:
 class LMAgent:
     """A causal LM answering zero-shot: greedy by default, or sampling with a temperature.
 
-    ``model`` is a model spec (alias, local path, hub id) or a loaded model.
+    ``model`` is a model spec (alias, local path, hub id) or a loaded model; ``device``: ``auto``, ``cpu``,
+    ``cuda`` (checked by :func:`agents.common.launch.checked_device`; default: where the model is).
     """
 
-    def __init__(self, model: Any = None, *, name: str = "zero-shot", greedy: bool = True, temperature: float = 0.7, seed: int = 0) -> None:
+    def __init__(self, model: Any = None, *, name: str = "zero-shot", greedy: bool = True, temperature: float = 0.7,
+                 seed: int = 0, device: Any = None) -> None:  # fmt: skip
         from textgym.models import load_model
 
         self.name = name
         self.spec = model
         self.model = load_model(model) if model is None or isinstance(model, (str, Path)) else model
+        if device is not None:
+            from agents.common.launch import checked_device
+
+            self.model = self.model.to(checked_device(device))
         self.greedy = greedy
         self.temperature = temperature
         self.set_random_seed(seed)
@@ -113,8 +119,9 @@ class LMAgent:
 
         key = (vocab_size, None if action_mask is None else action_mask.tobytes(), obs_length)
         if key not in self._policies:
-            self._policies = {key: policy_for(self.model, vocab_size, action_mask, obs_length,
-                                              temperature=1.0 if self.greedy else self.temperature)}  # fmt: skip
+            policy = policy_for(self.model, vocab_size, action_mask, obs_length,
+                                temperature=1.0 if self.greedy else self.temperature)  # fmt: skip
+            self._policies = {key: policy.to(self.model.device)}
         return self._policies[key]
 
     def predict(
@@ -139,38 +146,61 @@ class ZeroShotAgent(LMAgent):
 
 
 class PPOCheckpointAgent(LMAgent):
-    """A TextPPO save directory (a Hugging Face checkpoint), evaluated greedily by default."""
+    """A trained agent's policy, evaluated greedily by default: any algorithm's run directory (its newest
+    valid ``checkpoint-*``), one checkpoint, or a plain Hugging Face model dir, found by
+    :func:`agents.common.checkpoints.resolve_checkpoint`.  ``algo``: refuse a checkpoint of another algorithm.
 
-    def __init__(self, path: str | Path, **kwargs: Any) -> None:
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{path} is not a TextPPO/Hugging Face checkpoint (no config.json)")
-        super().__init__(str(path), name=kwargs.pop("name", f"ppo:{path.name}"), **kwargs)
-        self.path = path
+    ``description`` is the one line saying what was loaded:
+    ``runs/copy/checkpoint-000012 (ppo, 12 updates, 9,984 tokens)``.
+    """
+
+    def __init__(self, path: str | Path, algo: str | None = None, **kwargs: Any) -> None:
+        from agents.common.checkpoints import META, describe_checkpoint, resolve_checkpoint
+
+        self.given = Path(path)
+        self.path = resolve_checkpoint(path, allow_model=True)
+        meta = json.loads((self.path / META).read_text(encoding="utf-8")) if (self.path / META).is_file() else {}
+        if algo is not None and meta and meta.get("algo", "ppo") != algo:
+            raise ConfigError(f"{path} holds a {meta.get('algo')!r} agent, not {algo!r}: name it "
+                              f"{meta.get('algo')}:{path} or checkpoint:{path}")  # fmt: skip
+        self.description = describe_checkpoint(self.path)
+        super().__init__(str(self.path), name=kwargs.pop("name", f"{algo or 'checkpoint'}:{path}"), **kwargs)
 
     def training_curve(self) -> tuple[list[float], list[float], str] | None:
-        """(timesteps, mean reward, column) from the run's SB3 ``progress.csv``, if it logged one."""
-        import csv
-
-        for candidate in (self.path / "progress.csv", self.path.parent / "progress.csv"):
+        """(timesteps, mean reward, column) from the SB3 ``progress.csv`` that ``textgym train`` writes into
+        the run directory: found next to the checkpoint, in its run directory, or in the folder given."""
+        for candidate in (self.path / "progress.csv", self.path.parent / "progress.csv", self.given / "progress.csv"):
             if candidate.is_file():
-                with open(candidate, newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-                if not rows:
-                    return None
-                columns = list(rows[0])
-                reward = next((c for c in columns if c.endswith("reward_mean") or c.endswith("ep_rew_mean")), None)
-                steps = next((c for c in columns if c.endswith("total_timesteps")), None)
-                if reward is None:
-                    return None
-                xs = [float(r[steps]) if steps and r.get(steps) else float(i) for i, r in enumerate(rows)]
-                ys = [float(r[reward]) if r.get(reward) not in (None, "") else float("nan") for r in rows]
-                return xs, ys, reward
+                return read_training_curve(candidate)
         return None
 
     def settings(self) -> dict[str, Any]:
         meta = self.path / "textppo.json"
         return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def read_training_curve(path: Path) -> tuple[list[float], list[float], str] | None:
+    """(timesteps, mean reward, reward column) of an SB3 ``progress.csv``; rows without a reward are left out."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = list(rows[0]) if rows else []
+    reward = next((c for c in columns if c == "rollout/ep_rew_mean"), None) or next(
+        (c for c in columns if c.endswith("ep_rew_mean") or c.endswith("reward_mean")), None)  # fmt: skip
+    if reward is None:
+        return None
+    steps = next((c for c in columns if c.endswith("total_timesteps")), None)
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        try:
+            y = float(row[reward])
+            x = float(row[steps]) if steps and row.get(steps) else float(i)
+        except (TypeError, ValueError):
+            continue
+        xs.append(x)
+        ys.append(y)
+    return (xs, ys, reward) if xs else None
 
 
 class SequenceAgent:

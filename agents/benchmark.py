@@ -12,6 +12,13 @@ recorded with its error and the others go on.  Finished pairs are stored in
 ``OUT/cells/`` as they complete, so re-running with the same ``--out``
 resumes where an interrupted run stopped.
 
+Agents are named ``random``, ``zero-shot``, ``ALGO:PATH`` (``ppo:``, ``grpo:``,
+``rloo:``, ``nlpo:``; the checkpoint must be that algorithm's) or
+``checkpoint:PATH`` (any algorithm, or a plain Hugging Face model dir).  PATH
+is a run directory (its newest valid ``checkpoint-*``), one checkpoint, or a
+model dir: :func:`agents.common.checkpoints.resolve_checkpoint` decides.
+:func:`check_agent_specs` checks every name before anything runs.
+
     textgym bench --envs all --agents random,zero-shot --episodes 4 --model tiny-random --out /tmp/b
 
 Example:
@@ -24,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -58,21 +66,58 @@ def parse_envs(envs: str | Sequence[str]) -> list[str]:
     return ids
 
 
-def make_agent(spec: AgentSpec, model: str | None, seed: int) -> Any:
-    """``random`` | ``zero-shot`` | ``ppo:DIR`` | an agent object with ``respond``."""
+def _checkpoint_kinds() -> list[str]:
+    from agents import ALGORITHMS
+
+    return [*ALGORITHMS, "checkpoint"]
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``("ppo", "runs/copy")`` of ``"ppo:runs/copy"``; unknown names raise, listing the allowed ones."""
+    kind, _, path = spec.partition(":")
+    if spec in ("random", "zero-shot") or (kind in _checkpoint_kinds() and path):
+        return (spec, "") if not path else (kind, path)
+    kinds = ", ".join(f"{k}:DIR" for k in _checkpoint_kinds())
+    why = f"{kind}: needs a path" if kind in _checkpoint_kinds() else f"unknown agent {spec!r}"
+    raise ConfigError(f"{why}; use random, zero-shot, {kinds} (DIR: a run directory, a checkpoint or a model dir) "
+                      "or an agent object")  # fmt: skip
+
+
+def check_agent_specs(agents: Sequence[AgentSpec]) -> list[str]:
+    """Check every agent name before a benchmark runs: the name, and that its checkpoint resolves (and is of
+    the named algorithm); returns one line per checkpoint agent saying which checkpoint it will load."""
+    from agents.common.checkpoints import META, checkpoint_algorithm, describe_checkpoint, resolve_checkpoint
+
+    lines = []
+    for spec in agents:
+        if not isinstance(spec, str):
+            make_agent(spec, None, 0)  # an object: checks respond()
+            continue
+        kind, path = _split_spec(spec)
+        if path:
+            found = resolve_checkpoint(path, allow_model=True)
+            algo = checkpoint_algorithm(found) if (found / META).is_file() else None
+            if kind != "checkpoint" and algo is not None and algo != kind:
+                raise ConfigError(f"agent {spec!r}: {found} holds a {algo!r} agent, not {kind!r}; name it "
+                                  f"{algo}:{path} or checkpoint:{path}")  # fmt: skip
+            lines.append(f"{spec}: {describe_checkpoint(found)}")
+    return lines
+
+
+def make_agent(spec: AgentSpec, model: str | None, seed: int, device: str | None = None) -> Any:
+    """``random`` | ``zero-shot`` | ``ALGO:DIR`` | ``checkpoint:DIR`` | an agent object with ``respond``."""
     from agents.baselines import PPOCheckpointAgent, RandomAgent, ZeroShotAgent
 
     if not isinstance(spec, str):
         if not callable(getattr(spec, "respond", None)):
             raise ConfigError(f"agent {spec!r} has no respond(obs, infos, spec) method")
         return spec
-    if spec == "random":
+    kind, path = _split_spec(spec)
+    if kind == "random":
         return RandomAgent(seed=seed)
-    if spec == "zero-shot":
-        return ZeroShotAgent(model)
-    if spec.startswith("ppo:"):
-        return PPOCheckpointAgent(spec[4:])
-    raise ConfigError(f"unknown agent {spec!r}; use random, zero-shot, ppo:DIR or an agent object")
+    if kind == "zero-shot":
+        return ZeroShotAgent(model, device=device)
+    return PPOCheckpointAgent(path, algo=None if kind == "checkpoint" else kind, name=spec, device=device)
 
 
 def agent_name(spec: AgentSpec) -> str:
@@ -131,15 +176,19 @@ def run_benchmark(
     model: str | None = None,
     out: str | Path = "bench_results",
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run every agent on every env and write results.json, results.md and PNGs into ``out``."""
+    """Run every agent on every env and write results.json, results.md and PNGs into ``out``.
+
+    ``device``: where the LM agents run (``auto``, ``cpu``, ``cuda``; default: where they load).  With
+    ``progress``, each checkpoint agent prints ``loaded <checkpoint> (<algo>, <updates> updates, <tokens> tokens)``."""
     from tqdm.auto import tqdm
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
     env_ids = parse_envs(envs)
     if not agents:
-        raise ConfigError("name at least one agent (random, zero-shot, ppo:DIR)")
+        raise ConfigError("name at least one agent (random, zero-shot, ppo:DIR, checkpoint:DIR, ...)")
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     loaded: dict[str, Any] = {}
@@ -161,7 +210,9 @@ def run_benchmark(
         cell: dict[str, Any] = {"env": env_id, "agent": name, "settings": settings}
         try:
             if name not in loaded:
-                loaded[name] = make_agent(spec, model, seed)
+                loaded[name] = make_agent(spec, model, seed, device)
+                if progress and getattr(loaded[name], "description", None):
+                    bar.write(f"loaded {loaded[name].description}")
             reseed = getattr(loaded[name], "set_random_seed", None)
             if callable(reseed):
                 reseed(seed)
@@ -270,3 +321,41 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: P
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- textgym bench -----------------------------------------------------------------------------------------
+def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> None:
+    """``textgym bench``'s arguments (``positive_int``: the CLI's argparse type for counts)."""
+    bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
+    bench.add_argument("--agents", default="random,zero-shot",
+                       help="comma-separated: random, zero-shot, ALGO:DIR (ppo:, grpo:, rloo:, nlpo:; the checkpoint "
+                       "must be that algorithm's) or checkpoint:DIR (any algorithm or a Hugging Face model dir); DIR: "
+                       "a run directory (its newest valid checkpoint-*) or one checkpoint (default: random,zero-shot)")  # fmt: skip
+    bench.add_argument("--episodes", type=positive_int, default=16, help="episodes per (env, agent) cell (default: 16)")
+    bench.add_argument("--split", default="test", help="(default: test)")
+    bench.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    bench.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer (default: SmolLM2)")
+    bench.add_argument("--out", default="bench_results", help="output folder, re-run to resume (default: bench_results)")
+    bench.add_argument("--device", default="auto", help="where the LM agents run: auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """``textgym bench``: every agent name is checked first (a bad one: one error line, exit code 2); exit
+    code 1 when a cell failed (its error is in the tables and on stderr)."""
+    import sys
+
+    from agents.common.launch import checked_device
+
+    device = str(checked_device(args.device))
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    parse_envs(args.envs)
+    check_agent_specs(agents)
+    results = run_benchmark(args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed,
+                            model=args.model, out=args.out, device=device)  # fmt: skip
+    print((Path(args.out) / "results.md").read_text())
+    failed = [cell for cell in results["cells"] if cell.get("error")]
+    for cell in failed:
+        print(f"error in {cell['env']} / {cell['agent']}: {cell['error']}", file=sys.stderr)
+    plots = ["main_metric.png"] + (["training_curves.png"] if (Path(args.out) / "training_curves.png").is_file() else [])
+    print(f"wrote {args.out}/results.json, results.md, {', '.join(plots)}")
+    return 1 if failed else 0

@@ -14,6 +14,7 @@ Examples::
     textgym train textgym/Translation-v0 --resume runs/fr      # after a crash, a kill or Ctrl-C
     textgym eval textgym/Translation-v0 --checkpoint runs/fr --split test --episodes 64
     textgym eval textgym/Translation-v0 --model smollm2-135m-instruct   # zero-shot
+    textgym eval textgym/CodeGeneration-v0 --checkpoint runs/code --samples 10 --output answers.jsonl  # pass@1, pass@10
 
 Every field of the chosen algorithm's config class (``PPOConfig``, ...) is a
 flag, generated from the dataclass: ``learning_rate`` is ``--learning-rate``,
@@ -31,16 +32,19 @@ keyword arguments) and the config fields themselves (``learning_rate: 1e-3``,
 ``--out`` is a run directory of numbered checkpoints (``checkpoint-<updates>``,
 each a Hugging Face model dir plus the training state), written every
 ``--save-every`` updates, on SIGINT/SIGTERM (after the current update; exit
-code 0) and at the end.  ``--resume DIR`` continues, with any algorithm, from
+code 0) and at the end, beside the run's records (``progress.csv``, TensorBoard
+events, ``learning_curve.png``: ``--report-to``; ``best/``: ``--eval-every``,
+see ``agents/common/records.py``).  ``--resume DIR`` continues, with any algorithm, from
 the newest checkpoint that passes validation until ``--timesteps`` tokens in
-all (the run's settings come from the checkpoint).  ``eval --checkpoint``
-takes a run directory or one checkpoint.
+all (the run's settings come from the checkpoint).  ``eval --checkpoint`` and
+``bench --agents ppo:DIR`` (also ``grpo:``, ``rloo:``, ``nlpo:``, ``checkpoint:``) take a
+run directory, one checkpoint or a model dir, resolved by
+:func:`agents.common.checkpoints.resolve_checkpoint`, and print what they loaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import typing
 from collections.abc import Sequence
@@ -48,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from agents import ALGORITHMS
+from agents.benchmark import add_bench_arguments
+from agents.evaluation import add_eval_arguments
 from agents.run_config import (
     DEFAULT_ALGO,
     RUN_KEYS,
@@ -60,7 +66,8 @@ from agents.run_config import (
 DEFAULT_TIMESTEPS = 40_000
 DEFAULT_NUM_ENVS = 8
 DEFAULT_SEED = 0
-DEFAULT_VERBOSE = 1
+DEFAULT_EVAL_EPISODES = 32
+DEFAULT_VERBOSE = 0  # as SB3: the progress bar; the per-update table (1) is in progress.csv anyway
 TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
 
 
@@ -72,29 +79,15 @@ def add_commands(subparsers: Any) -> None:
                 "`textgym train --algo NAME --help` lists NAME's.", usage=TRAIN_USAGE)  # fmt: skip
 
     ev = _add_parser(subparsers, "eval", _CommandParser, help="score a checkpoint or model on a split",
-                     description="Score a checkpoint or a model greedily on a split of an env.")  # fmt: skip
-    ev.add_argument("id", help="env id, e.g. textgym/Translation-v0")
-    source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a run directory (its newest valid checkpoint), one checkpoint, or any "
-                        "Hugging Face checkpoint dir")  # fmt: skip
-    source.add_argument("--model", help="a model spec (alias, path or hub id), for a zero-shot score")
-    ev.add_argument("--split", default="test", choices=["train", "validation", "test"], help="(default: test)")
-    ev.add_argument("--episodes", type=_positive_int, default=64, help="first N samples of the split (default: 64)")
-    ev.add_argument("--num-envs", type=_positive_int, default=16, help="batch size (default: 16)")
-    ev.add_argument("--json", action="store_true", help="print the full result as JSON (default: a table)")
+                     description="Score a checkpoint or a model on a split of an env: greedily, or K sampled "
+                     "answers per prompt (pass@k, best-of-k).")  # fmt: skip
+    add_eval_arguments(ev, _positive_int)
     ev.set_defaults(func=eval_command)
 
     bench = _add_parser(subparsers, "bench", _CommandParser,
                         help="benchmark agents across envs: results.json, results.md, plots",
                         description="Benchmark agents across envs: results.json, results.md and plots.")  # fmt: skip
-    bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
-    bench.add_argument("--agents", default="random,zero-shot",
-                       help="comma-separated: random, zero-shot, ppo:DIR (default: random,zero-shot)")  # fmt: skip
-    bench.add_argument("--episodes", type=_positive_int, default=16, help="episodes per (env, agent) cell (default: 16)")
-    bench.add_argument("--split", default="test", help="(default: test)")
-    bench.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    bench.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer (default: SmolLM2)")
-    bench.add_argument("--out", default="bench_results", help="output folder, re-run to resume (default: bench_results)")
+    add_bench_arguments(bench, _positive_int)
     bench.set_defaults(func=bench_command)
 
 
@@ -191,15 +184,33 @@ def _add_run_arguments(train: argparse.ArgumentParser) -> None:
                        help=f"episodes per rollout batch (default: {DEFAULT_NUM_ENVS})")  # fmt: skip
     train.add_argument("--seed", metavar="N", type=int, default=None, help=f"random seed (default: {DEFAULT_SEED})")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
-                       help=f"0 silent, 1 a log table per update (default: {DEFAULT_VERBOSE}; with --resume the run's own)")  # fmt: skip
+                       help=f"0 a progress bar only, 1 also a log table per update (default: {DEFAULT_VERBOSE}; with "
+                       "--resume the run's own)")  # fmt: skip
     train.add_argument("--out", metavar="DIR", default=None,
-                       help="run directory for the checkpoints (default: runs/<env name>, or the --resume DIR)")  # fmt: skip
+                       help="run directory for the checkpoints and the records (default: runs/<env name>, or the --resume DIR)")  # fmt: skip
     train.add_argument("--save-every", metavar="N", type=_positive_int, default=10, help="updates between checkpoints (default: 10)")
     train.add_argument("--keep", metavar="N", type=_positive_int, default=2, help="checkpoints kept in the run directory (default: 2)")
     train.add_argument("--resume", metavar="DIR", default=None,
                        help="continue the run in DIR (any algorithm) from its newest valid checkpoint up to "
                        "--timesteps; the settings come from the checkpoint (default: a new run)")  # fmt: skip
+    train.add_argument("--report-to", metavar="LIST", type=_report_to, default="csv,tensorboard",
+                       help="records in the run directory, comma-separated: csv (progress.csv), tensorboard, trackio "
+                       "(a local dashboard: trackio show), or none (default: csv,tensorboard)")  # fmt: skip
+    train.add_argument("--eval-every", metavar="N", type=_positive_int, default=None,
+                       help="evaluate greedily on the validation split every N updates, logged as eval/*, keeping the "
+                       "best agent in <out>/best (default: no evaluation)")  # fmt: skip
+    train.add_argument("--eval-episodes", metavar="M", type=_positive_int, default=None,
+                       help=f"with --eval-every: the first M validation samples (default: {DEFAULT_EVAL_EPISODES})")
     train.set_defaults(func=train_command)
+
+
+def _report_to(text: str) -> tuple[str, ...]:
+    from agents.common.records import parse_report_to
+
+    try:
+        return parse_report_to(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("report_to: ")) from None
 
 
 def _positive_int(text: str) -> int:
@@ -229,6 +240,8 @@ def _train(args: argparse.Namespace) -> int:
     from textgym.errors import ConfigError
 
     out = Path(args.out or args.resume or Path("runs") / args.id.split("/")[-1])
+    if args.eval_episodes is not None and args.eval_every is None:
+        raise ConfigError("--eval-episodes needs --eval-every N (evaluate every N updates)")
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("algo", "config", "model", "num_envs", "seed") if getattr(args, k) is not None]
         given += [f"--{k.replace('_', '-')}" for k in config_flags(args)]
@@ -251,17 +264,33 @@ def _train(args: argparse.Namespace) -> int:
                                        config=run["config"])  # fmt: skip
     remaining = timesteps - agent.num_timesteps
     if remaining > 0:
-        agent.learn(total_timesteps=remaining, reset_num_timesteps=False, save_dir=out,
-                    save_every=args.save_every, keep_checkpoints=args.keep)  # fmt: skip
+        evaluation = None
+        if args.eval_every is not None:
+            from agents.common.eval_callback import TextEvalCallback
+
+            evaluation = TextEvalCallback(eval_every=args.eval_every, best_model_save_path=out / "best",
+                                          n_eval_episodes=args.eval_episodes or DEFAULT_EVAL_EPISODES,
+                                          verbose=agent.verbose)  # fmt: skip
+        agent.learn(total_timesteps=remaining, reset_num_timesteps=False, save_dir=out, save_every=args.save_every,
+                    keep_checkpoints=args.keep, callback=evaluation, progress_bar=True, report_to=args.report_to)  # fmt: skip
     else:
         agent.save_checkpoint(out, args.keep)
     if not agent.dist.is_main:
         return 0
     last = agent.history[-1] if agent.history else {}
+    print(_records_line(out, args.report_to))
     print(f"saved {list_checkpoints(out)[-1]}: {agent.name} ({type(agent).__name__}), {agent.n_updates} updates, "
           f"{agent.num_timesteps} tokens, last reward {last.get('rollout/ep_rew_mean', float('nan')):.4f}, "
           f"KL to reference {last.get('rollout/kl_ref', float('nan')):.4f}")  # fmt: skip
     return 0
+
+
+def _records_line(out: Path, report_to: Sequence[str]) -> str:
+    """Where the run's records are, for the user who looks for them later."""
+    names = [name for name in ("progress.csv", "learning_curve.png", "best") if (out / name).exists()]
+    names += [text for target, text in (("tensorboard", f"TensorBoard events (tensorboard --logdir {out})"),
+                                        ("trackio", "a trackio run (trackio show)")) if target in report_to]  # fmt: skip
+    return f"records in {out}: {', '.join(names) or 'checkpoints only'}"
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,52 +320,17 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    import gymnasium as gym
+    """``textgym eval`` (:func:`agents.evaluation.eval_main`)."""
+    from agents.evaluation import eval_main
 
-    import textgym  # noqa: F401
-    from agents.common.persistence import META, CheckpointError, check_checkpoint, list_checkpoints, newest_checkpoint
-    from agents.common.policies import LMPolicy
-    from agents.evaluation import evaluate_policy_on_env
-
-    if args.checkpoint is not None:
-        path = Path(args.checkpoint)
-        if (path / META).is_file():
-            check_checkpoint(path)
-        elif list_checkpoints(path):
-            path = newest_checkpoint(path)  # a run directory: its newest checkpoint that passes the checks
-        elif not (path / "config.json").is_file():
-            raise CheckpointError(f"--checkpoint {str(path)!r} has no config.json (not a Hugging Face checkpoint)")
-        spec = str(path)
-    else:
-        spec = args.model
-    env = gym.make_vec(args.id, num_envs=args.num_envs, split=args.split, model=spec)
-    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 0.0, model=spec,
-                      action_mask=env.text_spec.action_mask)  # fmt: skip
-    result = evaluate_policy_on_env(policy, env, args.episodes)
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return 0
-    print(f"{args.id} [{args.split}] {spec}: {result['n']} samples, greedy")
-    print(f"  reward     {result['reward_mean']:.4f}")
-    for name, value in result["metrics"].items():
-        if name != "reward":  # printed above
-            print(f"  {name:<10} {value:.4f}")
-    return 0
+    return eval_main(args)
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from agents.benchmark import run_benchmark
+    """``textgym bench`` (:func:`agents.benchmark.bench_main`)."""
+    from agents.benchmark import bench_main
 
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    results = run_benchmark(
-        args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed, model=args.model, out=args.out
-    )
-    print((Path(args.out) / "results.md").read_text())
-    for cell in results["cells"]:
-        if cell.get("error"):
-            print(f"error in {cell['env']} / {cell['agent']}: {cell['error']}", file=sys.stderr)
-    print(f"wrote {args.out}/results.json, results.md, main_metric.png")
-    return 0
+    return bench_main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

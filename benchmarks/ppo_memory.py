@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     env = gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
     agent = TextPPO("LMPolicy", env, model=args.model, seed=0, verbose=0, lora=True if args.lora else None,
-                    batch_size=args.batch, micro_batch_size=args.micro_batch, n_epochs=1,
+                    batch_size=args.batch, micro_batch_size=args.micro_batch, n_epochs=1, n_rollouts=1,
                     gradient_checkpointing=args.gradient_checkpointing)  # fmt: skip
     started = time.perf_counter()
     agent.learn(total_timesteps=1)  # one rollout + one update

@@ -79,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     env = gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
-    setup = env.unwrapped.setup
+    setup = env.unwrapped.text_spec
     lm = load_model(args.model).eval()
     policy = LMPolicy(
         env.single_observation_space, env.single_action_space, lambda _: 0.0, model=lm,

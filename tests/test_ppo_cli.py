@@ -204,10 +204,10 @@ def test_flags_override_the_yaml(tmp_path: Path) -> None:
     settings = run_settings(parse(["train", "textgym/Copy-v0", "--config", str(config), "--kl-coef", "0.3",
                                    "--num-envs", "2", "--seed", "7"]))  # fmt: skip
     assert (settings["config"].kl_coef, settings["config"].n_epochs) == (0.3, 2)
-    assert (settings["num_envs"], settings["timesteps"], settings["seed"], settings["verbose"]) == (2, 100, 7, 1)
+    assert (settings["num_envs"], settings["timesteps"], settings["seed"], settings["verbose"]) == (2, 100, 7, 0)
     assert settings["env"] == {"model": "tiny-random"} and settings["algo"] == "ppo"
     defaults = run_settings(parse(["train", "textgym/Copy-v0"]))
-    assert (defaults["timesteps"], defaults["num_envs"], defaults["seed"], defaults["verbose"]) == (40_000, 8, 0, 1)
+    assert (defaults["timesteps"], defaults["num_envs"], defaults["seed"], defaults["verbose"]) == (40_000, 8, 0, 0)
 
 
 # -- end to end: train, eval, resume ---------------------------------------------------------------------

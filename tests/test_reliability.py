@@ -262,7 +262,7 @@ def test_sigkill_then_resume_loses_and_repeats_no_update(tmp_path: Path, straigh
 
 def test_sigterm_to_textgym_train_exits_0_with_a_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [*TRAIN[:-4], "--timesteps", "100000", "--save-every", "1000", "--out", str(run)]
+    args = [*TRAIN[:-4], "--timesteps", "100000", "--save-every", "1000", "--verbose", "1", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-m", "textgym", *args], env=_env(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     seen = []

@@ -17,13 +17,13 @@ For full control subclass :class:`textgym.Task` instead (see ``textgym new-task`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from textgym.data.base import Sample, as_samples, check_split, split_samples
+from textgym.data.base import Sample, SplitSizes, as_samples, check_split, check_split_sizes, split_samples
+from textgym.data.hf import describe_dataset
 from textgym.data.source import UserData
 from textgym.errors import ConfigError
 from textgym.registry import EnvEntry, register_env
@@ -44,9 +44,13 @@ class SimpleTask(Task):
     Args:
         samples: a list of samples (``Sample`` or dicts with ``prompt``,
             ``references``, optional ``id`` and extra keys), split 80/10/10
-            by a stable hash of the id; or ``{"train": [...], "test": [...]}``;
-            or a function ``split -> samples``.
-        data_files / fields / dataset / dataset_config: the built-in loaders instead of ``samples``.
+            by a stable hash of the id (or ``split_sizes``); or
+            ``{"train": [...], "test": [...]}``; or a function ``split -> samples``.
+        data_files / fields / dataset / dataset_config: the built-in loaders instead of
+            ``samples``; ``dataset`` may be a ``datasets.Dataset`` or ``DatasetDict`` object.
+        split_sizes: how a list of samples, one data file or one Dataset is split:
+            fractions ``(0.8, 0.1, 0.1)`` (default) or row counts ``(8, 1, 1)``.
+            With at least 3 rows no split is empty.
         prompt: a format string over the sample (``{prompt}`` and any extra
             key of the sample) or a function ``sample -> str | messages``.
         chat: wrap the prompt in the tokenizer's chat template.
@@ -62,19 +66,24 @@ class SimpleTask(Task):
         *,
         data_files: Any = None,
         fields: Mapping[str, str] | None = None,
-        dataset: str | os.PathLike[str] | None = None,
+        dataset: Any = None,
         dataset_config: str | None = None,
         prompt: PromptSpec = "{prompt}",
         chat: bool = True,
         allowed_tokens: Sequence[str] | None = None,
         main_metric: str = "reward",
         on_bad_row: str = "raise",
+        split_sizes: SplitSizes | None = None,
         name: str = "SimpleTask",
     ) -> None:
         super().__init__()
-        self.user_data = UserData(data_files, dataset, dataset_config, fields or {}, on_bad_row)
+        self.user_data = UserData(data_files, dataset, dataset_config, fields or {}, on_bad_row, split_sizes)
         if (samples is not None) + self.user_data.given != 1:
             raise ConfigError(f"task {name!r}: give exactly one of samples=, data_files= and dataset=")
+        check_split_sizes(split_sizes)
+        if split_sizes is not None and (callable(samples) or isinstance(samples, Mapping)):
+            raise ConfigError(f"task {name!r}: split_sizes= splits one list of samples; this source names its splits")
+        self.split_sizes = split_sizes
         if not (isinstance(prompt, str) or callable(prompt)):
             raise ConfigError(f"task {name!r}: prompt must be a format string or a function, got {prompt!r}")
         self.name = name
@@ -94,7 +103,7 @@ class SimpleTask(Task):
         if isinstance(source, Mapping):
             named = {check_split(k): v for k, v in source.items()}
             return as_samples(named.get(split, []), f"{self.name} samples[{split!r}]")
-        return split_samples(as_samples(source, f"{self.name} samples"), split)
+        return split_samples(as_samples(source, f"{self.name} samples"), split, sizes=self.split_sizes)
 
     def messages(self, sample: Sample) -> list[dict[str, str]]:
         if callable(self.prompt):
@@ -143,10 +152,11 @@ def register_task(
     allowed_tokens: Sequence[str] | None = None,
     data_files: Any = None,
     fields: Mapping[str, str] | None = None,
-    dataset: str | os.PathLike[str] | None = None,
+    dataset: Any = None,
     dataset_config: str | None = None,
     main_metric: str = "reward",
     on_bad_row: str = "raise",
+    split_sizes: SplitSizes | None = None,
     **env_defaults: Any,
 ) -> EnvEntry:
     """Register data + prompt + reward as a Gymnasium id (with a vector entry point).
@@ -154,7 +164,10 @@ def register_task(
     ``reward`` is a metric name, ``{name: weight}`` or a callable
     ``(texts, samples) -> scores``; ``env_defaults`` are env keyword
     arguments (``max_new_tokens``, ``max_prompt_tokens``, ``reward_mode`` ...)
-    that ``gym.make`` keyword arguments override.
+    that ``gym.make`` keyword arguments override. ``split_sizes`` (fractions
+    or row counts for train/validation/test) splits a list of samples, one
+    data file or one ``datasets.Dataset``; ``dataset`` takes a hub id, a
+    ``save_to_disk`` folder or a ``Dataset``/``DatasetDict`` object.
     """
     task_kwargs = {
         "samples": samples,
@@ -167,6 +180,7 @@ def register_task(
         "allowed_tokens": allowed_tokens,
         "main_metric": main_metric,
         "on_bad_row": on_bad_row,
+        "split_sizes": split_sizes,
         "name": id,
     }
     SimpleTask(**task_kwargs)  # argument errors now, not at the first gym.make
@@ -175,6 +189,7 @@ def register_task(
         id,
         SimpleTask,
         description=description,
-        data="user samples" if samples is not None else str(data_files or dataset),
+        data="user samples" if samples is not None else str(data_files) if data_files is not None
+        else describe_dataset(dataset),
         kwargs={**kwargs, "reward": reward, **env_defaults},
     )

@@ -1,5 +1,6 @@
 """The ``textgym`` command.
 
+    textgym --version                 the installed version
     textgym list                      registered ids with one-line descriptions
     textgym info ID                   spaces, reward, data and split sizes of an id
     textgym play ID [--model M]       one episode with a model, printed readably
@@ -9,11 +10,15 @@ More commands come from installed packages through the ``textgym.commands``
 entry point group: each entry is a function called with the argparse
 subparsers.  This distribution's ``agents`` package adds ``train``, ``eval``
 and ``bench`` that way (textgym itself never imports ``agents``).
+
+An unknown env id, model or data problem is one line on stderr
+(``textgym: error: ...``, naming the closest registered ids for a typo) and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,9 +32,29 @@ COMMANDS_GROUP = "textgym.commands"
 """Entry point group of the commands that other packages add (``agents`` adds train, eval and bench)."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option's help, unless the help already says it or there is no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if "%(default)" in help or "(default" in help or action.default in (None, argparse.SUPPRESS):
+            return help
+        return super()._get_help_string(action)
+
+
+def unknown_id_message(env_id: str, known: Sequence[str]) -> str:
+    """One line: the unknown id and the closest registered ones (difflib, case-insensitive)."""
+    by_lower = {k.lower(): k for k in known}
+    close = [by_lower[m] for m in difflib.get_close_matches(env_id.lower(), list(by_lower), n=3, cutoff=0.6)]
+    if close:
+        guess = " or ".join([", ".join(repr(c) for c in close[:-1]), repr(close[-1])] if len(close) > 1 else [repr(close[0])])
+        return f"unknown env id {env_id!r}; registered: did you mean {guess}? (`textgym list` shows all {len(known)})"
+    return f"unknown env id {env_id!r}; registered: none is close among {len(known)} ids (`textgym list` shows them)"
+
+
 def _entry(env_id: str) -> textgym.registry.EnvEntry:
     if env_id not in textgym.ENVS:
-        raise TextGymError(f"unknown env id {env_id!r}; registered: {sorted(textgym.ENVS)}")
+        raise TextGymError(unknown_id_message(env_id, sorted(textgym.ENVS)))
     return textgym.ENVS[env_id]
 
 
@@ -67,6 +92,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     from textgym.models import load_model
     from textgym.rollout import lm_responder, play_episodes
 
+    _entry(args.id)
     envs = gym.make_vec(args.id, num_envs=args.episodes, model=args.model, split=args.split)
     model = load_model(args.model)
     respond = lm_responder(model, do_sample=not args.greedy, temperature=args.temperature, seed=args.seed)
@@ -91,31 +117,42 @@ def cmd_new_task(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = "model alias, local folder or hub id org/name (default: $TEXTGYM_MODEL, else smollm2-135m-instruct)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textgym", description="Text tasks as Gymnasium environments.")
+    parser = argparse.ArgumentParser(
+        prog="textgym", description="Text tasks as Gymnasium environments.", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"textgym {textgym.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="registered env ids")
+    p = sub.add_parser("list", help="registered env ids", description="Registered env ids with one-line descriptions.",
+                       formatter_class=HelpFormatter)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("info", help="spaces, reward, data and split sizes of an env id")
+    p = sub.add_parser("info", help="spaces, reward, data and split sizes of an env id",
+                       description="Spaces, reward, data and split sizes of an env id.", formatter_class=HelpFormatter)
     p.add_argument("id", help="env id, e.g. textgym/Copy-v0")
-    p.add_argument("--model", default=None, help="model alias, path or hub id, for the tokenizer (default: SmolLM2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP + "; only its tokenizer is loaded")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("play", help="play episodes with a model and print them")
+    p = sub.add_parser("play", help="play episodes with a model and print them",
+                       description="Play episodes with a model and print them.", formatter_class=HelpFormatter)
     p.add_argument("id", help="env id, e.g. textgym/Copy-v0")
-    p.add_argument("--model", default=None, help="model alias, path or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    p.add_argument("--split", default="test", help="(default: test)")
-    p.add_argument("--episodes", type=int, default=1, help="(default: 1)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the env and of sampling")
+    p.add_argument("--split", default="test", help="data split: train, validation or test")
+    p.add_argument("--episodes", type=int, default=1, help="episodes to play (in one batch)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (default: sampling)")
     p.set_defaults(func=cmd_play)
 
-    p = sub.add_parser("new-task", help="write a commented task skeleton (module, YAML entry, test)")
+    p = sub.add_parser("new-task", help="write a commented task skeleton (module, YAML entry, test)",
+                       description="Write a commented task skeleton: module, YAML entry and a passing test.",
+                       formatter_class=HelpFormatter)
     p.add_argument("name", help="lower-case identifier, e.g. arithmetic")
-    p.add_argument("--out", default=".", help="folder to write into (default: here)")
+    p.add_argument("--out", default=".", help="folder to write into (default: . = here)")
     p.add_argument("--namespace", default="my", help="env id namespace (default: my -> my/Name-v0)")
     p.set_defaults(func=cmd_new_task)
 
@@ -145,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except TextGymError as err:
+    except (TextGymError, gym.error.UnregisteredEnv) as err:
         print(f"textgym: error: {err}", file=sys.stderr)
         return 2
 

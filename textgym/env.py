@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -19,6 +20,34 @@ def check_render_mode(render_mode: str | None) -> str | None:
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ConfigError(f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}")
     return render_mode
+
+
+def outer_time_limit(env: gym.Env, max_frames: int = 32) -> int | None:
+    """``max_episode_steps`` of the Gymnasium ``TimeLimit`` around ``env`` whose ``reset()`` is running.
+
+    An env cannot see its wrappers, but a ``reset()`` through a ``TimeLimit`` runs
+    inside that wrapper's ``reset``: the call stack (at most ``max_frames`` frames
+    up) names it.  A ``TimeLimit`` that counts the steps of a wrapper that plays
+    several env steps per step (``aggregates_steps = True``, as
+    :class:`~textgym.wrappers.SequenceLevel`) does not limit the env's own steps and
+    is skipped.  The smallest limit wins; None when there is none.
+    """
+    limits = []
+    frame = sys._getframe(1)
+    for _ in range(max_frames):
+        frame = frame.f_back
+        if frame is None:
+            break
+        wrapper = frame.f_locals.get("self")
+        if not isinstance(wrapper, gym.wrappers.TimeLimit) or wrapper.unwrapped is not env:
+            continue
+        inner = wrapper.env
+        while isinstance(inner, gym.Wrapper) and not getattr(type(inner), "aggregates_steps", False):
+            inner = inner.env
+        steps = getattr(wrapper, "_max_episode_steps", None)
+        if inner is env and isinstance(steps, int):
+            limits.append(steps)
+    return min(limits) if limits else None
 
 
 class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
@@ -63,6 +92,11 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     tokens were written.  In both cases the text has been scored and the
     episode is over: unlike a Gymnasium time limit, there is nothing left to
     bootstrap, so agents should treat truncation as terminal (TextPPO does).
+    A Gymnasium ``TimeLimit`` around the env (``gym.make(id,
+    max_episode_steps=n)``, or ``TimeLimit(env, n)``) is honoured the same way:
+    at its ``n``-th step (counted over every turn) the env itself ends the
+    episode, ``truncated`` and scored, so the reward and ``info["metrics"]``
+    are there (the env finds the wrapper at ``reset()``: :func:`outer_time_limit`).
 
     ## Arguments
     ``task``: the Task (class, ``"module:Class"`` or instance); ``model``: the
@@ -113,6 +147,7 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        self._episodes.step_limit = outer_time_limit(self)
         index = self.setup.draw(self.np_random, options)
         info = self._episodes.reset_slot(0, index)
         return self._episodes.obs(0), info

@@ -12,6 +12,11 @@ Observation layout, fixed for every env of one configuration::
 
 The prompt is left-padded so generated token ``t`` of every slot sits in
 column ``max_prompt_tokens + t``: a batched policy can keep one KV cache.
+
+``step_limit`` (None: off) ends an episode after that many steps in all (over
+every turn of a multi-turn episode), scored and ``truncated``, like the end at
+``max_new_tokens``: :class:`~textgym.env.TextEnv` sets it to the
+``max_episode_steps`` of a Gymnasium ``TimeLimit`` around it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Episodes:
         self.ids = np.full((n, self.P + self.T), setup.pad_id, dtype=np.int64)
         self.mask = np.zeros((n, self.P + self.T), dtype=np.int64)
         self.gen_len = np.zeros(n, dtype=np.int64)
+        self.steps = np.zeros(n, dtype=np.int64)  # steps of the episode so far, every turn
+        self.step_limit: int | None = None
         self.running = np.zeros(n, dtype=bool)  # inside an episode (reset, not yet ended)
         self.started = np.zeros(n, dtype=bool)  # reset at least once
         self.index = np.zeros(n, dtype=np.int64)  # sample index per slot
@@ -75,6 +82,7 @@ class Episodes:
     def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
         prompt, text = self.setup.encoded_prompt(index)
         self._write_prompt(slot, prompt)
+        self.steps[slot] = 0
         self.running[slot] = True
         self.started[slot] = True
         self.index[slot] = index
@@ -93,10 +101,15 @@ class Episodes:
             info["action_mask"] = self.setup.action_mask.copy()
         return info
 
-    def _next_turn(self, slot: int, text: str, metrics: dict[str, float]) -> dict[str, Any] | None:
-        """Start the next turn of a multi-turn episode; None when the episode is over."""
+    def _next_turn(self, slot: int, text: str, metrics: dict[str, float], cut: bool) -> dict[str, Any] | None:
+        """Start the next turn of a multi-turn episode; None when the episode is over.
+
+        ``cut``: the step limit was reached, so no turn follows.
+        """
         self.responses[slot].append(text)
         self.turn_metrics[slot].append(metrics)
+        if cut:
+            return None
         following = self.setup.task.followup(self.turn_sample[slot], list(self.responses[slot]))
         if following is None:
             return None
@@ -111,6 +124,10 @@ class Episodes:
             "prompt_text": prompt_text,
             "references": list(following.references),
         }
+
+    def _more_turns(self, slot: int) -> bool:
+        """Whether the task would have gone on after the turn just finished (the step limit cut it)."""
+        return self.setup.task.followup(self.turn_sample[slot], list(self.responses[slot])) is not None
 
     # -- observations -----------------------------------------------------------
     def obs(self, rows: Any = slice(None)) -> dict[str, np.ndarray]:
@@ -148,8 +165,10 @@ class Episodes:
         self.ids[rows, cols] = actions
         self.mask[rows, cols] = 1
         self.gen_len[rows] += 1
+        self.steps[rows] += 1
         terminated = actions == self.setup.eos_id
-        truncated = (self.gen_len[rows] >= self.T) & ~terminated
+        cut = np.zeros(len(rows), dtype=bool) if self.step_limit is None else self.steps[rows] >= self.step_limit
+        truncated = ((self.gen_len[rows] >= self.T) | cut) & ~terminated
         done = terminated | truncated
         rewards = np.zeros(len(rows), dtype=np.float64)
         finals: dict[int, dict[str, Any]] = {}
@@ -172,11 +191,13 @@ class Episodes:
                 metrics = {name: float(v[k]) for name, v in out.metrics.items()}
                 details = out.details[k] if out.details is not None else {}
                 if multi_turn:
-                    turn_info = self._next_turn(int(slot), texts[k], metrics)
+                    turn_info = self._next_turn(int(slot), texts[k], metrics, bool(cut[j]))
                     if turn_info is not None:  # the episode goes on with the next turn
                         terminated[j] = truncated[j] = False
                         finals[int(slot)] = {**turn_info, **details}
                         continue
+                    if cut[j] and self._more_turns(int(slot)):
+                        terminated[j], truncated[j] = False, True  # cut short by the step limit
                     turns = self.turn_metrics[slot]
                     metrics = {name: float(np.mean([m[name] for m in turns])) for name in metrics}
                 self.running[slot] = False

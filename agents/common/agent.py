@@ -17,10 +17,13 @@ from stable_baselines3.common.utils import configure_logger
 
 from agents.common import persistence
 from agents.common.decoding import complete, encode_prompts, left_pad
+from agents.common.eval_callback import update_end
 
 
 class AgentAPI:
     """Mixed into :class:`~agents.common.on_policy.OnPolicyAlgorithm` (it sets the attributes used here)."""
+
+    _custom_logger = False  # set_logger() was called: learn(save_dir=...) then writes no records of its own
 
     # -- SB3 plumbing -------------------------------------------------------------
     @property
@@ -42,19 +45,25 @@ class AgentAPI:
         callback.init_callback(self)  # type: ignore[arg-type]
         return callback
 
-    def _record(self, stats: dict[str, float], log_interval: int) -> None:
+    def _record(self, stats: dict[str, float], log_interval: int, callback: BaseCallback | None = None) -> bool:
+        """Log one update's statistics: record them, run the callbacks' ``on_update_end()`` (evaluation,
+        whose ``eval/*`` values join this update's row), then dump the row.  False: a callback asks to stop."""
         stats["time/total_timesteps"] = float(self.num_timesteps)
         self.history.append(dict(stats))
         if len(self.history) > self.config.history_size:  # thin out: the newest and every other one before it
             self.history = self.history[::-2][::-1]
         for key, value in stats.items():
             self.logger.record(key, value)
+        go_on = update_end(callback)
         if log_interval and self.n_updates % log_interval == 0:
             self.logger.dump(step=self.num_timesteps)
+        return go_on
 
     def set_logger(self, logger: Logger) -> None:
-        """Use a custom SB3 logger (``stable_baselines3.common.logger.configure(folder, formats)``); rank 0 only."""
+        """Use a custom SB3 logger (``stable_baselines3.common.logger.configure(folder, formats)``); rank 0 only.
+        ``learn(save_dir=...)`` then logs to it alone (no ``progress.csv``, TensorBoard or curve of its own)."""
         self._logger = logger if self.dist.is_main else Logger(folder=None, output_formats=[])
+        self._custom_logger = True
 
     def get_env(self) -> Any:
         return self.env

@@ -97,6 +97,30 @@ def resolve_device(device: str | torch.device, launch: LaunchInfo) -> torch.devi
     return resolved
 
 
+def checked_device(device: str | torch.device) -> torch.device:
+    """A ``--device`` value (``auto``, ``cpu``, ``cuda``, ``cuda:N``) as a torch device, or one clear
+    :class:`ConfigError` (the CLI prints it as one line, exit code 2) when this machine cannot provide it.
+
+    >>> checked_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {device} was asked for, but {why}; use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise ConfigError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
 def record_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Under a launch: ``fn`` wrapped so a failure is reported with its rank (plain ``fn`` in a single process).
 

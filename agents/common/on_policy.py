@@ -24,6 +24,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from agents.common import persistence
+from agents.common import persistence, records
 from agents.common.agent import AgentAPI
 from agents.common.buffers import SequenceBatch
 from agents.common.config import AUTO_LR_LARGE, AUTO_LR_SMALL, SMALL_MODEL_PARAMS, OnPolicyConfig
@@ -170,63 +171,62 @@ class OnPolicyAlgorithm(AgentAPI):
         save_dir: str | os.PathLike[str] | None = None,
         save_every: int | None = None,
         keep_checkpoints: int = 2,
+        report_to: str | Sequence[str] | None = None,
     ) -> OnPolicyAlgorithm:
         """Train until ``total_timesteps`` more tokens have been generated (SB3 semantics).
 
-        ``callback``: an SB3 callback, a list of them, or a function ``f(locals, globals) -> bool``.
+        ``callback``: an SB3 callback, a list of them, or a function ``f(locals, globals) -> bool``;
+        :class:`~agents.common.eval_callback.TextEvalCallback` evaluates between updates.
         ``save_dir``: a run directory; ``checkpoint-<updates>`` is saved there every ``save_every``
         updates, on SIGINT/SIGTERM (the current update is finished first, then ``learn`` returns)
         and at the end, keeping the ``keep_checkpoints`` newest; ``Algo.load(save_dir)`` resumes
-        from the newest valid one.  Updates whose rewards or losses are not finite are skipped with a
+        from the newest valid one.  The run's records go there too, unless :meth:`set_logger` gave a
+        logger: ``report_to`` (default ``"csv,tensorboard"``; also ``trackio``, or ``none``) picks
+        ``progress.csv`` and TensorBoard events, and ``learning_curve.png`` is redrawn at each checkpoint
+        (see :mod:`agents.common.records`; a resumed run appends).  ``progress_bar``: tqdm on stderr
+        (tokens/s, ETA, reward, KL).  Updates whose rewards or losses are not finite are skipped with a
         warning; ``max_nonfinite_updates`` of them in a row raise :class:`NonFiniteError`.
         """
-        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps <= 0:
-            raise ValueError(f"total_timesteps must be a positive integer (generated tokens), got {total_timesteps!r}")
-        if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
-            raise ValueError(f"save_every must be a positive integer (updates) or None, got {save_every!r}")
-        if save_every is not None and save_dir is None:
-            raise ValueError("save_every needs save_dir= (the run directory the checkpoints go to)")
+        records.check_learn_args(total_timesteps, save_dir, save_every, report_to)
         if reset_num_timesteps:
             self.num_timesteps = 0
         self.total_timesteps = int(total_timesteps) + self.num_timesteps
         cb = self._init_callback(callback if self.dist.is_main else None)  # callbacks (eval, saves) on rank 0 only
-        bar = None
-        if progress_bar and self.dist.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=int(total_timesteps), unit="tok")
-        cb.on_training_start(locals(), globals())
+        run = records.RunRecords(self, save_dir, report_to, progress_bar)  # rank 0: logger outputs, bar, curve
         self.stopped_by_signal = False  # True when SIGINT/SIGTERM ended this call
-        with GracefulStop() as stop:
-            while self.num_timesteps < self.total_timesteps:
-                started, before = time.perf_counter(), self.num_timesteps
-                cb.on_rollout_start()
-                batch = self.collect(cb)
-                if batch is None:
-                    break
-                cb.on_rollout_end()
-                rollout_s = time.perf_counter() - started
-                stats = self.checked_train(batch)
-                stats["time/rollout_s"] = rollout_s
-                stats["time/update_s"] = time.perf_counter() - started - rollout_s
-                stats["time/tokens_per_s"] = (self.num_timesteps - before) / max(time.perf_counter() - started, 1e-9)
-                self._record(stats, log_interval)
-                if bar is not None:
-                    bar.update(self.num_timesteps - before)
-                if self.nonfinite_streak >= self.config.max_nonfinite_updates:
-                    persistence.stop_nonfinite(self, save_dir, keep_checkpoints)
-                stopping, _ = self.dist.agree(stop.requested, [])  # a signal to any rank stops all
-                if save_dir is not None and (stopping or (save_every and self.n_updates % save_every == 0)):
-                    self.save_checkpoint(save_dir, keep_checkpoints)
-                if stopping:
-                    self.stopped_by_signal = True
-                    self.logger.log(f"{type(self).__name__}: stopped by a signal after update {self.n_updates}")
-                    break
-        if save_dir is not None:
-            self.save_checkpoint(save_dir, keep_checkpoints)  # a no-op when this update is already saved
-        if bar is not None:
-            bar.close()
-        cb.on_training_end()
+        try:
+            cb.on_training_start(locals(), globals())
+            with GracefulStop() as stop:
+                while self.num_timesteps < self.total_timesteps:
+                    started, before = time.perf_counter(), self.num_timesteps
+                    cb.on_rollout_start()
+                    batch = self.collect(cb)
+                    if batch is None:
+                        break
+                    cb.on_rollout_end()
+                    rollout_s = time.perf_counter() - started
+                    stats = self.checked_train(batch)
+                    stats["time/rollout_s"] = rollout_s
+                    stats["time/update_s"] = time.perf_counter() - started - rollout_s
+                    stats["time/tokens_per_s"] = (self.num_timesteps - before) / max(time.perf_counter() - started, 1e-9)
+                    go_on = self._record(stats, log_interval, cb)  # evaluation callbacks log in this update's row
+                    run.progress(self.num_timesteps - before, stats)
+                    if self.nonfinite_streak >= self.config.max_nonfinite_updates:
+                        persistence.stop_nonfinite(self, save_dir, keep_checkpoints)
+                    stopping, (halt,) = self.dist.agree(stop.requested, [float(not go_on)])  # any rank's signal stops all
+                    if save_dir is not None and (stopping or (save_every and self.n_updates % save_every == 0)):
+                        self.save_checkpoint(save_dir, keep_checkpoints)
+                        run.saved()
+                    if stopping:
+                        self.stopped_by_signal = True
+                        self.logger.log(f"{type(self).__name__}: stopped by a signal after update {self.n_updates}")
+                    if stopping or halt:
+                        break
+            if save_dir is not None:
+                self.save_checkpoint(save_dir, keep_checkpoints)  # a no-op when this update is already saved
+            cb.on_training_end()
+        finally:
+            run.close()  # the last curve; files closed, the agent's own logger back
         return self
 
     def collect(self, callback: BaseCallback) -> SequenceBatch | None:

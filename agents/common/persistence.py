@@ -23,6 +23,9 @@ checkpoint intact, and weights that are not finite are never written.
 A *run directory* (``learn(save_dir=...)``, ``textgym train --out``) holds
 numbered checkpoints ``checkpoint-<updates>``; :func:`newest_checkpoint` picks
 the newest one that passes validation, reporting and skipping broken ones.
+Which directory a path means (a run directory, a checkpoint, ``x.zip``) is
+decided by :func:`agents.common.checkpoints.resolve_checkpoint`, re-exported here.
+``save("x.zip")`` writes the directory ``x``: a folder is never named like a zip file.
 """
 
 from __future__ import annotations
@@ -31,19 +34,36 @@ import copy
 import json
 import os
 import pickle
-import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from agents.common.checkpoints import (
+    CHECKPOINT_PREFIX,
+    FORMAT_VERSION,
+    MANIFEST,
+    META,
+    WEIGHTS,
+    CheckpointError,
+    check_checkpoint,
+    checkpoint_algorithm,
+    describe_checkpoint,
+    first_valid,
+    list_checkpoints,
+    newest_checkpoint,
+    resolve_checkpoint,
+    update_count,
+)
 from textgym.errors import TextGymError
+
+__all__ = ["CHECKPOINT_PREFIX", "FORMAT_VERSION", "MANIFEST", "META", "WEIGHTS", "CheckpointError", "NonFiniteError",
+           "check_checkpoint", "checkpoint_algorithm", "describe_checkpoint", "list_checkpoints", "load_agent",
+           "newest_checkpoint", "resolve_checkpoint", "save_agent", "save_checkpoint", "stop_nonfinite"]  # fmt: skip
 
 
 class Agent(Protocol):
@@ -67,19 +87,6 @@ class Agent(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def save_checkpoint(self, save_dir: str | os.PathLike[str], keep: int = 2) -> Path | None: ...
-
-T = TypeVar("T")
-
-FORMAT_VERSION = 1
-META = "textppo.json"
-MANIFEST = "manifest.json"
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-CHECKPOINT_PREFIX = "checkpoint-"
-_CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
-
-
-class CheckpointError(TextGymError, ValueError):
-    """A Agent checkpoint directory is missing, incomplete or unreadable."""
 
 
 class NonFiniteError(TextGymError, FloatingPointError):
@@ -106,8 +113,10 @@ def _env_meta(agent: Agent) -> dict[str, Any]:
 
 
 def save_agent(agent: Agent, path: str | os.PathLike[str]) -> None:
-    """See :meth:`agents.Agent.save`."""
+    """See :meth:`agents.Agent.save`; ``x.zip`` saves the directory ``x`` (SB3's ``CheckpointCallback`` adds ``.zip``)."""
     target = Path(path)
+    if target.suffix == ".zip":
+        target = target.with_suffix("")
     bad = [name for name, p in agent.policy.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise NonFiniteError(
@@ -173,84 +182,16 @@ def _write(agent: Agent, out: Path) -> None:
     (out / MANIFEST).write_text(json.dumps(sizes, indent=1), encoding="utf-8")  # last: its presence = complete
 
 
-def _read_json(path: Path, name: str) -> dict[str, Any]:
-    try:
-        data = json.loads((path / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r}: {name} is unreadable ({err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r}: {name} holds {type(data).__name__}, expected an object")
-    return data
-
-
-def check_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's metadata; raises :class:`CheckpointError` naming every missing file."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
-    required = ("config.json", META, "value_head.safetensors", "optimizer.pt", "training_state.pt", MANIFEST)
-    missing = [n for n in required if not (path / n).is_file()]
-    if not any((path / w).is_file() for w in WEIGHTS):
-        missing.append(" or ".join(WEIGHTS))
-    meta: dict[str, Any] = {}
-    if (path / META).is_file():
-        meta = _read_json(path, META)
-        if meta.get("lora") and not (path / "adapter" / "adapter_config.json").is_file():
-            missing.append("adapter/adapter_config.json")
-        if meta.get("model_spec") is None and not meta.get("lora") and not (path / "reference" / "config.json").is_file():
-            missing.append("reference/config.json")
-    wrong_size = []
-    if (path / MANIFEST).is_file():
-        for name, size in _read_json(path, MANIFEST).items():
-            file = path / name
-            if not file.is_file():
-                if name not in missing:
-                    missing.append(name)
-            elif file.stat().st_size != size:
-                wrong_size.append(f"{name} ({file.stat().st_size} bytes, written with {size})")
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete; missing: {', '.join(missing)}")
-    if wrong_size:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted; wrong size: {', '.join(wrong_size)}")
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format {meta.get('format')!r}; expected {FORMAT_VERSION}")
-    return meta
-
-
 def load_agent(cls: Any, path: str | os.PathLike[str], env: Any, device: Any, **overrides: Any) -> Agent:
-    """See :meth:`agents.Agent.load`: one checkpoint, or the newest valid one of a run directory."""
-    root = Path(path)
-    if (root / META).is_file() or not list_checkpoints(root):
-        return _load_checkpoint(cls, root, env, device, **overrides)
-    return _newest_valid(root, lambda candidate: _load_checkpoint(cls, candidate, env, device, **overrides))
+    """See :meth:`agents.Agent.load`: the checkpoint :func:`resolve_checkpoint` picks (a run directory's newest
+    valid one; one that fails to read gives way to the next).  With ``verbose >= 1`` it prints
+    ``loaded <checkpoint> (<algo>, <updates> updates, <tokens> tokens)``."""
+    from agents.common.launch import is_main_process
 
-
-def checkpoint_algorithm(path: str | os.PathLike[str]) -> str:
-    """The algorithm name (``"ppo"``, ...) a checkpoint or a run directory's newest checkpoint was saved by."""
-    root = Path(path)
-    if not (root / META).is_file() and list_checkpoints(root):
-        root = newest_checkpoint(root)
-    return str(check_checkpoint(root).get("algo", "ppo"))
-
-
-def newest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
-    """The newest checkpoint of a run directory that passes :func:`check_checkpoint` (broken ones are reported)."""
-
-    def checked(candidate: Path) -> Path:
-        check_checkpoint(candidate)
-        return candidate
-
-    return _newest_valid(Path(run_dir), checked)
-
-
-def _newest_valid(root: Path, attempt: Callable[[Path], T]) -> T:
-    failures = []
-    for candidate in reversed(list_checkpoints(root)):
-        try:
-            return attempt(candidate)
-        except CheckpointError as err:
-            failures.append(str(err))
-            warnings.warn(f"skipping a checkpoint that failed validation: {err}; trying the previous one", stacklevel=3)
-    raise CheckpointError(f"run directory {str(root)!r} has no valid checkpoint:\n  " + "\n  ".join(failures or ["(none)"]))
+    agent = first_valid(path, lambda candidate: _load_checkpoint(cls, candidate, env, device, **overrides))
+    if agent.verbose >= 1 and is_main_process():
+        print(f"loaded {describe_checkpoint(agent.loaded_from)}", flush=True)
+    return agent
 
 
 # what a truncated or corrupted file raises while torch / safetensors / transformers read it
@@ -310,19 +251,11 @@ def _load_checkpoint(cls: Any, root: Path, env: Any, device: Any, **overrides: A
         agent.policy.critic.load_state_dict({k[7:]: v for k, v in heads.items() if k.startswith("critic.")})
     agent.policy.optimizer.load_state_dict(optimizer)  # moves the state to the parameters' device
     agent.load_state_dict(state)
+    agent.loaded_from = root
     return agent
 
 
 # -- run directories ---------------------------------------------------------------------------
-def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The ``checkpoint-<updates>`` folders of a run directory, oldest first (temp folders excluded)."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
-    return sorted(found, key=_update_count)
-
-
 def save_checkpoint(agent: Agent, run_dir: str | os.PathLike[str], keep: int = 2) -> Path:
     """Save ``run_dir/checkpoint-<n_updates>`` atomically, then delete all but the ``keep`` newest.
 
@@ -339,7 +272,7 @@ def save_checkpoint(agent: Agent, run_dir: str | os.PathLike[str], keep: int = 2
         save_agent(agent, target)  # replaces a broken folder of that name
     for stale in root.glob(f".{CHECKPOINT_PREFIX}*"):  # .checkpoint-N.tmp-* / .old-* of an interrupted save
         shutil.rmtree(stale, ignore_errors=True)
-    upto = [p for p in list_checkpoints(root) if _update_count(p) <= agent.n_updates]  # never a newer one
+    upto = [p for p in list_checkpoints(root) if update_count(p) <= agent.n_updates]  # never a newer one
     for old in upto[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -360,9 +293,3 @@ def stop_nonfinite(agent: Agent, save_dir: str | os.PathLike[str] | None, keep: 
         f"training stopped at update {agent.n_updates}, {agent.num_timesteps} tokens ({where}). Lower learning_rate, "
         "check the reward function, or raise max_nonfinite_updates."
     )
-
-
-def _update_count(checkpoint: Path) -> int:
-    match = _CHECKPOINT_NAME.fullmatch(checkpoint.name)
-    assert match is not None, checkpoint
-    return int(match.group(1))

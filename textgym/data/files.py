@@ -1,7 +1,7 @@
 """JSONL and CSV data files, with errors that name the file, line and field.
 
 ``data_files`` is either one path (its rows are split deterministically by a
-hash of each row's id) or a mapping ``{"train": path, "test": path, ...}``.
+hash of each row's id, 80/10/10 or ``split_sizes=``) or a mapping ``{"train": path, "test": path, ...}``.
 
 Field names are mapped with ``fields={"prompt": "source", "references": "target"}``:
 the keys are textgym's names, the values the column names in the file.  A
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from textgym.data.base import Sample, check_split, split_samples
+from textgym.data.base import Sample, SplitSizes, check_split, check_split_sizes, split_samples
 from textgym.errors import ConfigError, DataError
 
 DataFiles = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
@@ -155,16 +155,25 @@ def load_data_files(
     fields: Mapping[str, str] | None = None,
     keep: Sequence[str] = (),
     on_bad_row: str = "raise",
+    split_sizes: SplitSizes | None = None,
 ) -> list[Sample]:
-    """The samples of ``split`` from ``data_files`` (one path, or one path per split)."""
+    """The samples of ``split`` from ``data_files`` (one path, or one path per split).
+
+    One path is split by a stable hash of each row's id: 80/10/10 unless
+    ``split_sizes`` says otherwise (fractions or row counts, see
+    :data:`textgym.data.base.SplitSizes`); with at least 3 rows no split is empty.
+    """
     split = check_split(split)
     if isinstance(data_files, Mapping):
+        if split_sizes is not None:
+            raise ConfigError("split_sizes= splits one data file; data_files={split: path} already names its splits")
         normalised = {check_split(k): v for k, v in data_files.items()}
         if split not in normalised:
             raise ConfigError(f"data_files has no {split!r} file; it has {sorted(normalised)}")
         return load_file(normalised[split], fields, keep, on_bad_row)
     if isinstance(data_files, (str, os.PathLike)):
-        return split_samples(load_file(data_files, fields, keep, on_bad_row), split)
+        check_split_sizes(split_sizes)  # a bad value fails before the file is read
+        return split_samples(load_file(data_files, fields, keep, on_bad_row), split, sizes=split_sizes)
     raise ConfigError(
         f"data_files must be a path or a mapping split -> path, got {type(data_files).__name__}"
     )

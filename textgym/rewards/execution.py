@@ -10,7 +10,9 @@ Two metrics, computed together from one sandbox run per answer:
 The code tasks' default reward is an :class:`ExecutionReward` instance: a
 callable that returns a full :class:`~textgym.rewards.base.RewardOutput`
 whose ``details`` (status, passed/total, first failing assert, reason) the
-env merges into the final ``info["execution"]``.  ``reward="pass_rate"`` /
+env merges into the final ``info["execution"]`` (:func:`execution_info`: the
+same keys and types for every outcome), and ``info["code"]`` (``""`` when the
+answer held no code).  ``reward="pass_rate"`` /
 ``reward="all_pass"`` by name go through :func:`execution_scores` (same
 scores, default sandbox limits; the names carry no per-sample details).
 
@@ -129,8 +131,24 @@ class ExecutionReward:
         pass_rate = np.array([r.pass_rate for _, r in results], dtype=np.float64)
         all_pass = np.array([float(r.all_pass) for _, r in results], dtype=np.float64)
         metrics = {"pass_rate": pass_rate, "all_pass": all_pass}
-        details = [{"execution": r.info(), "code": code} for code, r in results]
+        details = [{"execution": execution_info(r), "code": code or ""} for code, r in results]
         return RewardOutput(metrics[self.metric].copy(), metrics, details)
+
+
+def execution_info(result: ExecutionResult) -> dict[str, Any]:
+    """``info["execution"]`` of one answer: the same keys and value types for every outcome.
+
+    ``total`` is 0 when no test ran (a syntax error, no code) and ``first_failure`` /
+    ``reason`` are ``""`` when there is nothing to say, never None: Gymnasium's vector
+    envs batch an info field into an array typed by its first value, so an int next to
+    a None in one step crashed ``SyncVectorEnv``.
+    """
+    info = result.info()
+    info["passed"] = int(info["passed"] or 0)
+    info["total"] = int(info["total"] or 0)
+    for key in ("status", "first_failure", "reason", "stderr_tail"):
+        info[key] = str(info[key] or "")
+    return info
 
 
 _DEFAULT: ExecutionReward | None = None

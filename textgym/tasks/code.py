@@ -16,8 +16,10 @@ takes JSONL/CSV in the same schema (``task_id``, ``prompt``,
 
 Reward: :class:`~textgym.rewards.execution.ExecutionReward` -- the fraction of
 asserts that pass (``reward="all_pass"`` for strict 0/1); the final ``info``
-holds ``info["execution"]`` (status, passed, total, first_failure, reason)
-and ``info["code"]``, the program that ran.
+holds ``info["execution"]`` (status, passed, total, first_failure, reason;
+the same keys and types for every outcome: ``total`` is 0 and the texts are
+``""`` when nothing ran, so Gymnasium's vector envs can batch them) and
+``info["code"]``, the program that ran (``""`` when the answer held no code).
 
 Example:
     >>> import gymnasium as gym, textgym

@@ -28,6 +28,8 @@ the agent answers again; each answer is scored against the real turn at its
 position, with the reward at the answer's last token (the episode's return
 is the sum over its turns; the final ``info["metrics"]`` are the means).
 Only turns with k agent turns left in their conversation start an episode.
+:class:`~textgym.wrappers.SequenceLevel` plays such an episode one turn (one
+answer string) per step.
 """
 
 from __future__ import annotations
