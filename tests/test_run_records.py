@@ -81,6 +81,14 @@ def test_a_run_leaves_progress_csv_tensorboard_and_a_learning_curve(run) -> None
     assert f"records in {out}: progress.csv, learning_curve.png, best, TensorBoard events" in stdout
 
 
+def test_bench_plots_the_training_curve_of_a_train_run(run, tmp_path: Path, capsys) -> None:
+    out = run[0]
+    argv = ["bench", "--envs", "textgym/Copy-v0", "--episodes", "2", "--model", "tiny-random", "--agents", f"ppo:{out}"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert f"loaded {list_checkpoints(out)[-1]}" in capsys.readouterr().out
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == PNG
+
+
 def test_the_progress_bar_shows_tokens_per_second_on_stderr(run) -> None:
     _, stdout, stderr, _ = run
     assert "tok/s" in stderr and "reward=" in stderr and "100%" in stderr and "tok/s" not in stdout
