@@ -188,6 +188,7 @@ def _add_run_arguments(train: argparse.ArgumentParser) -> None:
                        "--resume the run's own)")  # fmt: skip
     train.add_argument("--out", metavar="DIR", default=None,
                        help="run directory for the checkpoints and the records (default: runs/<env name>, or the --resume DIR)")  # fmt: skip
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: CUDA when there is one)")
     train.add_argument("--save-every", metavar="N", type=_positive_int, default=10, help="updates between checkpoints (default: 10)")
     train.add_argument("--keep", metavar="N", type=_positive_int, default=2, help="checkpoints kept in the run directory (default: 2)")
     train.add_argument("--resume", metavar="DIR", default=None,
@@ -236,9 +237,12 @@ def _train(args: argparse.Namespace) -> int:
 
     import textgym  # noqa: F401
     from agents import algorithm, load_agent
+    from agents.common.launch import checked_device
     from agents.common.persistence import list_checkpoints
     from textgym.errors import ConfigError
 
+    checked_device(args.device)  # CUDA asked for where there is none: one line, before any loading
+    device = args.device  # as given: under torchrun "auto"/"cuda" become this rank's GPU
     out = Path(args.out or args.resume or Path("runs") / args.id.split("/")[-1])
     if args.eval_episodes is not None and args.eval_every is None:
         raise ConfigError("--eval-episodes needs --eval-every N (evaluate every N updates)")
@@ -248,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"--resume takes the run's algorithm and settings from its checkpoint; drop {' '.join(given)}")
         verbose = {} if args.verbose is None else {"verbose": args.verbose}
-        agent = load_agent(args.resume, **verbose)  # the newest valid checkpoint; broken ones are reported and skipped
+        agent = load_agent(args.resume, device=device, **verbose)  # the newest valid checkpoint (broken ones skipped)
         if agent.env.spec is None or agent.env.spec.id != args.id:
             raise ConfigError(f"--resume {args.resume!r} is a run of {getattr(agent.env.spec, 'id', None)!r}, not {args.id!r}")
         timesteps = args.timesteps if args.timesteps is not None else agent.total_timesteps  # the run's own target
@@ -261,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
         env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
         timesteps = run["timesteps"]
         agent = algorithm(run["algo"])("LMPolicy", env, model=run["model"], seed=run["seed"], verbose=run["verbose"],
-                                       config=run["config"])  # fmt: skip
+                                       config=run["config"], device=device)  # fmt: skip
     remaining = timesteps - agent.num_timesteps
     if remaining > 0:
         evaluation = None

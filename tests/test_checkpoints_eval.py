@@ -124,7 +124,8 @@ def test_device_check(run: Path, tmp_path: Path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the error path cannot be seen")
     for argv in (["eval", "textgym/Copy-v0", "--model", "tiny-random", "--device", "cuda"],
-                 ["bench", "--envs", "textgym/Copy-v0", "--agents", "random", "--device", "cuda", "--out", str(tmp_path)]):  # fmt: skip
+                 ["bench", "--envs", "textgym/Copy-v0", "--agents", "random", "--device", "cuda", "--out", str(tmp_path)],
+                 ["train", "textgym/Copy-v0", "--model", "tiny-random", "--device", "cuda", "--out", str(tmp_path / "t")]):  # fmt: skip
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--device cuda was asked for, but" in err and "use --device cpu" in err, err
