@@ -81,10 +81,6 @@ class TextVectorView(VectorWrapper):
         return self.text_env.text_spec
 
     @property
-    def setup(self) -> Any:
-        return self.text_env.setup
-
-    @property
     def task(self) -> Any:
         return self.text_env.task
 
