@@ -287,7 +287,7 @@ def _harness_processes() -> int:
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    count += b"_sandbox_harness" in handle.read()
+                    count += b"sandbox/harness.py" in handle.read()
             except OSError:
                 pass
     return count

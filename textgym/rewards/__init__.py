@@ -45,7 +45,7 @@ _DIVERSITY = "textgym.rewards.diversity:diversity_scores"
 register_metric("distinct_2", _DIVERSITY, 0.0, 1.0, "distinct bigrams / bigrams of the output", parallel=False)
 register_metric("repetition", _DIVERSITY, -1.0, 0.0, "minus the fraction of repeated word 3-grams (0 = none)", parallel=False)
 
-# Code metrics (textgym/rewards/execution.py, through textgym/sandbox.py)
+# Code metrics (textgym/rewards/execution.py, through textgym/sandbox/)
 _EXEC = "textgym.rewards.execution:execution_scores"
 register_metric("pass_rate", _EXEC, 0.0, 1.0, "fraction of the problem's asserts that pass in the sandbox", parallel=False)
 register_metric("all_pass", _EXEC, 0.0, 1.0, "1 if every assert passes, else 0", parallel=False)

@@ -22,7 +22,7 @@ Each program runs in a child process tree that:
 The score cannot be forged by the program: tests run in a supervisor process
 that never executes candidate code; ``candidate(...)`` calls are forwarded to
 the program's process and only plain data comes back (see
-``textgym/_sandbox_harness.py``).  A missing verdict counts as a crash.
+``textgym/sandbox/harness.py``).  A missing verdict counts as a crash.
 
 Example:
     >>> from textgym.sandbox import Program, Sandbox
@@ -56,7 +56,7 @@ from typing import Literal
 
 from textgym.errors import ConfigError
 
-HARNESS = Path(__file__).with_name("_sandbox_harness.py")
+HARNESS = Path(__file__).with_name("harness.py")
 Isolation = Literal["auto", "namespace", "none"]
 ISOLATIONS = ("auto", "namespace", "none")
 #: Every status an :class:`ExecutionResult` can have.
