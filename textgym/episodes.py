@@ -95,7 +95,7 @@ class Episodes:
             "sample_id": sample.id,
             "prompt": sample.prompt,
             "prompt_text": text,
-            "references": list(sample.references),
+            "references": self.setup.task.public_references(sample),
         }
         if with_mask and self.setup.action_mask is not None:
             info["action_mask"] = self.setup.action_mask.copy()
@@ -122,7 +122,7 @@ class Episodes:
             "turn_metrics": metrics,
             "prompt": following.prompt,
             "prompt_text": prompt_text,
-            "references": list(following.references),
+            "references": self.setup.task.public_references(following),
         }
 
     def _more_turns(self, slot: int) -> bool:
@@ -206,7 +206,7 @@ class Episodes:
                 finals[int(slot)] = {
                     "sample_id": first.id,
                     "prompt": samples[k].prompt,
-                    "references": list(samples[k].references),
+                    "references": self.setup.task.public_references(samples[k]),
                     "generated_text": texts[k],
                     "generated_tokens": int(self.gen_len[slot]),
                     "metrics": metrics,

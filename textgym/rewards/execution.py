@@ -56,6 +56,8 @@ class ExecutionReward:
         isolation: ``"auto"``, ``"namespace"`` or ``"none"`` (see :mod:`textgym.sandbox`).
         cache_size: results kept per (program, tests), so dense rewards and
             repeated answers do not run the same code twice.
+        expose_solutions: keep the failing test and its message in the details
+            (they can show the expected values; for debugging, not training).
 
     Each sample needs ``meta["test"]`` and ``meta["entry_point"]``; how the
     answer becomes a program is :func:`textgym.rewards.programs.program_for`.
@@ -68,12 +70,14 @@ class ExecutionReward:
         workers: int | None = None,
         isolation: Isolation = "auto",
         cache_size: int = 4096,
+        expose_solutions: bool = False,
     ) -> None:
         if metric not in METRIC_NAMES:
             raise ConfigError(f"execution reward metric must be one of {list(METRIC_NAMES)}, got {metric!r}")
         self.metric = metric
         self.sandbox = Sandbox(limits or SandboxLimits(), workers=workers, isolation=isolation)
         self.cache_size = int(cache_size)
+        self.expose_solutions = bool(expose_solutions)
         self._cache: collections.OrderedDict[tuple[str, str, str, str], ExecutionResult] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,7 +97,7 @@ class ExecutionReward:
     def with_metric(self, metric: ExecutionMetric) -> ExecutionReward:
         """The same sandbox settings scoring ``metric`` instead."""
         return ExecutionReward(metric, self.sandbox.limits, self.sandbox.workers, self.sandbox.isolation,
-                               self.cache_size)
+                               self.cache_size, self.expose_solutions)
 
     def results(self, texts: Sequence[str], samples: Sequence[Sample]) -> list[tuple[str | None, ExecutionResult]]:
         """(extracted program, sandbox result) per answer; programs run as one parallel batch."""
@@ -131,12 +135,16 @@ class ExecutionReward:
         pass_rate = np.array([r.pass_rate for _, r in results], dtype=np.float64)
         all_pass = np.array([float(r.all_pass) for _, r in results], dtype=np.float64)
         metrics = {"pass_rate": pass_rate, "all_pass": all_pass}
-        details = [{"execution": execution_info(r), "code": code or ""} for code, r in results]
+        details = [{"execution": execution_info(r, self.expose_solutions), "code": code or ""} for code, r in results]
         return RewardOutput(metrics[self.metric].copy(), metrics, details)
 
 
-def execution_info(result: ExecutionResult) -> dict[str, Any]:
+def execution_info(result: ExecutionResult, expose_solutions: bool = False) -> dict[str, Any]:
     """``info["execution"]`` of one answer: the same keys and value types for every outcome.
+
+    Without ``expose_solutions`` the failing test statement (``first_failure``) is
+    left out and a failed assert's or test's own message is cut to the exception's
+    name: both can hold the hidden tests' expected values.
 
     ``total`` is 0 when no test ran (a syntax error, no code) and ``first_failure`` /
     ``reason`` are ``""`` when there is nothing to say, never None: Gymnasium's vector
@@ -148,6 +156,10 @@ def execution_info(result: ExecutionResult) -> dict[str, Any]:
     info["total"] = int(info["total"] or 0)
     for key in ("status", "first_failure", "reason", "stderr_tail"):
         info[key] = str(info[key] or "")
+    if not expose_solutions:
+        info["first_failure"] = ""
+        if info["status"] in ("assertion_failure", "test_error"):
+            info["reason"] = info["reason"].split(":", 1)[0]
     return info
 
 

@@ -21,19 +21,8 @@ Example:
     ('assertion_failure', 1, 2)
 """
 
-from textgym.sandbox.launcher import (
-    HARNESS,
-    ISOLATIONS,
-    STATUSES,
-    ExecutionResult,
-    Isolation,
-    Program,
-    Sandbox,
-    SandboxLimits,
-    default_hidden_paths,
-    isolation_mode,
-    run_programs,
-)
+from textgym.sandbox.launcher import HARNESS, STATUSES, ExecutionResult, Program, Sandbox, isolation_mode, run_programs
+from textgym.sandbox.policy import ISOLATIONS, Isolation, SandboxLimits, default_hidden_paths
 
 __all__ = [
     "HARNESS", "ISOLATIONS", "STATUSES", "ExecutionResult", "Isolation", "Program", "Sandbox", "SandboxLimits",

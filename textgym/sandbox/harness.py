@@ -1,23 +1,34 @@
 """The in-sandbox harness of :mod:`textgym.sandbox` (run as a script; standard library only).
 
-Two processes inside the sandbox, so that the candidate can never forge its score:
+The launcher starts it in fresh network, PID, mount, IPC and UTS namespaces
+(and a user namespace when the trainer is not root).  Inside, three roles:
 
-* the *supervisor* (this script's process) reads the job from stdin, sets the
-  sandbox up (private ``/tmp``, ``/proc``; in a mount namespace), compiles the
-  program, forks the candidate process and then runs the test statements
-  itself.  It never executes candidate code.  ``candidate(...)`` in the tests
-  is a proxy: the arguments go to the candidate process over a pipe and only
-  plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict,
-  set, frozenset -- exact types, no subclasses) comes back, so an object whose
-  ``__eq__`` always returns True, a patched builtin, ``sys.exit`` or
-  ``os._exit`` in the candidate changes nothing in the supervisor.  The
-  verdict leaves through a file descriptor the candidate process closes
-  before running any candidate code, and the supervisor is not dumpable (no
-  ptrace, no ``/proc/<pid>/fd`` access for the candidate).
-* the *candidate* process (forked) drops its privileges (a throw-away uid when
-  the supervisor is root), sets its resource limits, executes the program and
-  then answers calls.  It is forked before the tests are read, so it holds no
-  copy of them.
+* the *supervisor* (this script's process) reads the job from stdin, compiles
+  the program, starts the candidate and then runs the test statements itself.
+  It never executes candidate code.  ``candidate(...)`` in the tests is a
+  proxy: the arguments go to the candidate over a pipe and only plain data
+  (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
+  frozenset -- exact types, no subclasses) comes back, so an object whose
+  ``__eq__`` always returns True, a patched builtin or ``os._exit`` in the
+  candidate changes nothing here.  It is not dumpable, and the verdict
+  leaves through a file descriptor no other process holds.
+* the *init* (forked; PID 1 of a new PID namespace in which the supervisor
+  does not exist) enters a new mount namespace, builds the candidate's root
+  (:func:`build_root`: the interpreter, its standard library and the system
+  libraries read-only, a private size-capped ``/tmp``, a few device nodes,
+  its own ``/proc``), pivots into it and forks the candidate.  Then it reaps
+  every process of the namespace and bounds the memory (PSS) and CPU time of
+  the whole tree; when it exits, the kernel kills every process left.
+* the *candidate* closes every file descriptor but its two pipes, drops its
+  credentials (a throw-away uid when we are root; otherwise ``nobody`` in a
+  nested user namespace: no capability there and none where the supervisor
+  lives), sets its rlimits, ``PR_SET_NO_NEW_PRIVS`` and a seccomp filter
+  (:data:`DENIED`, namespace-creating clones), runs the program and answers
+  calls.  It is forked before the tests are read, so it holds no copy of them.
+
+Without isolation (``isolation="none"``, an explicit opt-in) the candidate is
+forked directly, with the same rlimits, credentials (when root) and seccomp
+filter, but it shares the trainer's filesystem, network and processes.
 
 Wire format: stdin carries two frames (8-byte big-endian length + JSON):
 the job (program, context, entry point, limits ...) and then the tests.
@@ -121,79 +132,277 @@ def decode(obj: object) -> object:
     raise ValueError(f"malformed value tag {tag!r}")
 
 
-# -- sandbox setup (supervisor, as root inside a mount namespace) -------------------------
-def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+# -- kernel interfaces (ctypes; the harness runs with the standard library only) --------------
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+#: every namespace flag of clone/unshare (time, ns, cgroup, uts, ipc, user, pid, net)
+CLONE_NAMESPACES = 0x80 | 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, MNT_DETACH = 38, 22, 2, 2
+MS_PRIVATE, MS_RELATIME, MS_NOATIME, MS_NODIRATIME = 1 << 18, 1 << 21, 1024, 2048
+# statvfs f_flag bits -> mount flags (a remount must keep the flags the source mount has locked)
+ST_TO_MS = ((1, MS_RDONLY), (2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
+            (2048, MS_NODIRATIME), (4096, MS_RELATIME))
 
+
+def check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
     def enc(text: str | None) -> bytes | None:
         return text.encode() if text is not None else None
 
-    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+    check(LIBC.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
-def first_closed_ancestor(path: str) -> str | None:
-    """The first directory on ``path`` that other users cannot traverse (e.g. ``/root``)."""
-    parts = os.path.abspath(path).strip("/").split("/")
-    for i in range(1, len(parts) + 1):
-        here = "/" + "/".join(parts[:i])
-        if os.path.isdir(here) and not os.stat(here).st_mode & 0o001:
-            return here
-    return None
+def unshare(flags: int) -> None:
+    check(LIBC.unshare(flags), "unshare")
 
 
-def expose(paths: list[str]) -> None:
-    """Make ``paths`` (the Python installation) readable to the throw-away uid.
+# -- seccomp: a classic BPF filter, built here -----------------------------------------------
+#: system calls the candidate may not make (EPERM), by name; the numbers per architecture follow
+DENIED = (
+    "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount",
+    "fspick", "mount_setattr", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "unshare", "setns", "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
+    "msgget", "msgsnd", "msgrcv", "msgctl", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl",
+    "open_by_handle_at", "name_to_handle_at", "fanotify_init", "sethostname", "setdomainname",
+    "settimeofday", "clock_settime", "adjtimex", "syslog",
+)
+#: (audit arch, {name: number}) from the kernel's unistd headers
+SYSCALLS = {
+    "x86_64": (0xC000003E, dict(
+        mount=165, umount2=166, pivot_root=155, chroot=161, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, ptrace=101, process_vm_readv=310,
+        process_vm_writev=311, pidfd_getfd=438, kcmp=312, unshare=272, setns=308, shmget=29, shmat=30,
+        shmctl=31, shmdt=67, semget=64, semop=65, semctl=66, semtimedop=220, msgget=68, msgsnd=69, msgrcv=70,
+        msgctl=71, keyctl=250, add_key=248, request_key=249, bpf=321, perf_event_open=298, userfaultfd=323,
+        io_uring_setup=425, io_uring_enter=426, io_uring_register=427, kexec_load=246, kexec_file_load=320,
+        init_module=175, finit_module=313, delete_module=176, reboot=169, swapon=167, swapoff=168, acct=163,
+        quotactl=179, open_by_handle_at=304, name_to_handle_at=303, fanotify_init=300, sethostname=170,
+        setdomainname=171, settimeofday=164, clock_settime=227, adjtimex=159, syslog=103, clone=56, clone3=435,
+    )),
+    "aarch64": (0xC00000B7, dict(
+        mount=40, umount2=39, pivot_root=41, chroot=51, open_tree=428, move_mount=429, fsopen=430,
+        fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, ptrace=117, process_vm_readv=270,
+        process_vm_writev=271, pidfd_getfd=438, kcmp=272, unshare=97, setns=268, shmget=194, shmat=196,
+        shmctl=195, shmdt=197, semget=190, semop=193, semctl=191, semtimedop=192, msgget=186, msgsnd=189,
+        msgrcv=188, msgctl=187, keyctl=219, add_key=217, request_key=218, bpf=280, perf_event_open=241,
+        userfaultfd=282, io_uring_setup=425, io_uring_enter=426, io_uring_register=427, kexec_load=104,
+        kexec_file_load=294, init_module=105, finit_module=273, delete_module=106, reboot=142, swapon=224,
+        swapoff=225, acct=89, quotactl=60, open_by_handle_at=265, name_to_handle_at=264, fanotify_init=262,
+        sethostname=161, setdomainname=162, settimeofday=170, clock_settime=112, adjtimex=171, syslog=116,
+        clone=220, clone3=435,
+    )),
+}
+RET_KILL, RET_ALLOW, RET_EPERM, RET_ENOSYS = 0x80000000, 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+LD_W_ABS, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
 
-    The closed ancestor is replaced by an empty tmpfs (hiding its other
-    content) into which the needed directory is bind-mounted read-only.
-    """
-    plan = []
-    for path in dict.fromkeys(paths):
-        closed = first_closed_ancestor(path)
-        if closed is not None and closed != "/":
-            plan.append((closed, path, os.open(path, os.O_RDONLY | os.O_DIRECTORY)))
-    for closed in dict.fromkeys(c for c, _, _ in plan):
-        mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-    for _, path, fd in plan:
-        os.makedirs(path, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
-        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None)
-        os.close(fd)
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
 
 
-def isolate(job: dict) -> str:
-    """Private /proc, /tmp, /var/tmp, /dev/shm; hidden paths; returns the work dir."""
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-    size = f"size={int(job['disk_mb'])}m,mode=1777"
-    for tmp in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(tmp):
-            mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, size)
-    if job["uid"] is not None:
-        expose([os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))), sys.base_prefix, sys.prefix])
-    for path in job["hide"]:
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
+    """The filter: other ABIs are killed, DENIED and namespace-creating clones get EPERM, clone3
+    gets ENOSYS (its flags are behind a pointer; the C library falls back to clone)."""
+    arch, numbers = SYSCALLS[machine]
+    prog = [(LD_W_ABS, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, RET_KILL), (LD_W_ABS, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI shares the arch value: refuse it
+        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, RET_EPERM)]
+    for name in DENIED:
+        prog += [(JEQ, 0, 1, numbers[name]), (RET, 0, 0, RET_EPERM)]
+    prog += [(JEQ, 0, 1, numbers["clone3"]), (RET, 0, 0, RET_ENOSYS),
+             (JEQ, 0, 3, numbers["clone"]), (LD_W_ABS, 0, 0, 16),  # clone's flags (low 32 bits of args[0])
+             (JSET, 0, 1, CLONE_NAMESPACES), (RET, 0, 0, RET_EPERM), (RET, 0, 0, RET_ALLOW)]
+    return prog
+
+
+def install_seccomp() -> None:
+    """No new privileges, then the filter (irreversible for this process and its children)."""
+    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    prog = seccomp_program(os.uname().machine)
+    array = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
+    fprog = SockFprog(len(prog), array)
+    check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+
+
+# -- the candidate's filesystem: a minimal read-only root --------------------------------------
+def bind_readonly(source: str, target: str) -> None:
+    mount(source, target, None, MS_BIND | MS_REC, None)
+    locked = os.statvfs(source).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+    flags |= sum(ms for st, ms in ST_TO_MS if locked & st)
+    mount(None, target, None, flags, None)
+
+
+def build_root(job: dict, root: str) -> None:
+    """A fresh tmpfs at ``root`` holding only the paths of ``job["view"]`` (read-only binds), the
+    symlinks of ``job["links"]``, a few device nodes, a private size-capped ``/tmp`` with the work
+    dir and an empty ``/proc`` mount point; ``job["hide"]`` inside the view are covered by empty
+    read-only tmpfs."""
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path in job["view"]:
+        target = root + path
         if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-    workdir = "/tmp/work"
-    os.mkdir(workdir, 0o700)
+            os.makedirs(target, exist_ok=True)
+        elif os.path.exists(path):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "w").close()
+        else:
+            continue
+        bind_readonly(path, target)
+    for link, dest in job["links"]:
+        if not os.path.lexists(root + link):
+            os.makedirs(os.path.dirname(root + link), exist_ok=True)
+            os.symlink(dest, root + link)
+    for path in job["hide"]:
+        if os.path.isdir(root + path):
+            mount("tmpfs", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+    os.makedirs(root + "/dev", exist_ok=True)
+    for name in ("null", "zero", "full", "random", "urandom"):
+        open(f"{root}/dev/{name}", "w").close()
+        mount(f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND, None)
+    for name in ("proc", "tmp"):
+        os.makedirs(f"{root}/{name}", exist_ok=True)
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(job['disk_mb'])}m,mode=1777")
+    os.mkdir(root + "/tmp/work", 0o700)
     if job["uid"] is not None:
-        os.chown(workdir, job["uid"], job["uid"])
-    return workdir
+        os.chown(root + "/tmp/work", job["uid"], job["uid"])
 
 
-# -- candidate process ------------------------------------------------------------------------
-def candidate_main(job: dict, base: dict, workdir: str, rfd: int, wfd: int) -> None:
-    """Drop privileges, apply limits, run the program, answer calls; never returns."""
-    limits = job["limits"]
-    os.chdir(workdir)
-    for name, value in limits.items():
-        res = getattr(resource, name)
-        resource.setrlimit(res, (value, value + 1 if name == "RLIMIT_CPU" else value))
+def enter_root(job: dict) -> None:
+    """In a new mount namespace: build the root, mount this PID namespace's /proc, pivot into it."""
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    root = "/tmp"  # any directory: the new tmpfs covers it in this namespace only
+    build_root(job, root)
+    # /proc before the old root goes: mounting a proc needs a fully visible one in the namespace
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.chdir(root)
+    check(LIBC.syscall(SYSCALLS[os.uname().machine][1]["pivot_root"], b".", b"."), "pivot_root")
+    check(LIBC.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.chdir("/tmp/work")
+
+
+def drop_privileges(job: dict) -> None:
+    """No capabilities and credentials that are not the supervisor's.
+
+    As root: a throw-away uid.  Unprivileged: a nested user namespace in which we are
+    ``nobody`` (65534): no capability there, none in the supervisor's namespace.
+    """
     if job["uid"] is not None:
         os.setgroups([])
-        os.setgid(job["uid"])
-        os.setuid(job["uid"])
+        os.setresgid(job["uid"], job["uid"], job["uid"])
+        os.setresuid(job["uid"], job["uid"], job["uid"])
+        return
+    if not job["isolate"]:
+        return  # isolation="none": the trainer's own user
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"65534 {outer_uid} 1"), ("gid_map", f"65534 {outer_gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+
+
+# -- the candidate's PID namespace: a small init that watches the whole process tree -----------
+EXIT_MEMORY, EXIT_CPU, EXIT_SETUP = 120, 121, 122
+
+
+def tree_usage() -> tuple[int, float]:
+    """(proportional set size in bytes, CPU seconds) of the live processes of this PID namespace
+    but its init; CPU time includes what each has reaped of its own children."""
+    pss, ticks = 0, 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == "1":
+            continue
+        try:
+            with open(f"/proc/{name}/smaps_rollup", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                        break
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        except (OSError, IndexError, ValueError):
+            continue  # it just ended
+    return pss, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def init_main(job: dict, child: int) -> None:
+    """PID 1 of the candidate's namespace: reap everything, bound the memory and CPU time of the
+    whole tree, exit with the candidate's status (ending the namespace kills every process in it)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)  # PID 1 ignores signals it has no handler for
+    memory, cpu = job["memory_bytes"], job["tree_cpu_seconds"]
+    while True:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                os._exit(EXIT_SETUP)
+            if pid == 0:
+                break
+            if pid == child:
+                if os.WIFSIGNALED(status):
+                    os._exit(64 + os.WTERMSIG(status))
+                os._exit(min(os.WEXITSTATUS(status), 63))
+        pss, seconds = tree_usage()
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds += reaped.ru_utime + reaped.ru_stime
+        if pss > memory:
+            os._exit(EXIT_MEMORY)
+        if seconds > cpu:
+            os._exit(EXIT_CPU)
+        time.sleep(0.01)
+
+
+def exit_reason(status: int) -> tuple[str, str]:
+    """Why the candidate's namespace ended, from its init's exit status."""
+    if os.WIFSIGNALED(status):
+        return "crash", f"the sandbox was killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    code = os.WEXITSTATUS(status)
+    if code == EXIT_MEMORY:
+        return "memory_limit", "the program's processes together used more memory than memory_mb"
+    if code == EXIT_CPU:
+        return "timeout", "the program's processes together used more CPU time than allowed"
+    if code == EXIT_SETUP:
+        return "crash", "the sandbox could not start the program"
+    if code >= 64:
+        sig = code - 64
+        if sig == signal.SIGXCPU:
+            return "timeout", "CPU time limit exceeded (SIGXCPU)"
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        return "crash", f"the program's process was killed by signal {name}"
+    return "crash", f"the program's process exited with status {code}"
+
+
+# -- supervisor ----------------------------------------------------------------------------------
+# -- the candidate process ---------------------------------------------------------------------
+def candidate_main(job: dict, base: dict, rfd: int, wfd: int) -> None:
+    """Close every other fd, drop privileges, limits, seccomp; run the program, answer calls; never returns."""
+    keep = sorted({0, 1, 2, rfd, wfd})
+    for low, high in zip(keep, [*keep[1:], resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
+        os.closerange(low + 1, max(low + 1, high))
+    os.chdir("/tmp/work" if job["isolate"] else job["workdir"])
+    drop_privileges(job)
+    for name, value in job["limits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
+    install_seccomp()
     if job["net_guard"]:
         def guard(event: str, args: tuple) -> None:
             if event in NET_EVENTS:
@@ -234,7 +443,26 @@ def candidate_main(job: dict, base: dict, workdir: str, rfd: int, wfd: int) -> N
         send(wfd, {"ok": result})
 
 
-# -- supervisor ----------------------------------------------------------------------------------
+def start_candidate(job: dict, base: dict, rfd: int, wfd: int) -> None:
+    """In the forked child: with isolation, become PID 1 of the new PID namespace in a new root
+    and fork the candidate; without, become the candidate.  Never returns."""
+    try:
+        if job["isolate"]:
+            try:
+                enter_root(job)
+                child = os.fork()
+            except BaseException as err:
+                os.write(2, f"textgym sandbox setup failed: {err}\n".encode())
+                os._exit(EXIT_SETUP)
+            if child:
+                os.close(rfd)
+                os.close(wfd)
+                init_main(job, child)
+        candidate_main(job, base, rfd, wfd)
+    finally:
+        os._exit(EXIT_SETUP)
+
+
 class CandidateFailed(Exception):
     """The candidate raised, died or ran out of time during a call."""
 
@@ -244,14 +472,17 @@ class CandidateFailed(Exception):
 
 
 class Candidate:
-    """The supervisor's handle on the candidate process."""
+    """The supervisor's handle on the candidate (with isolation: on its PID namespace's init)."""
 
-    def __init__(self, job: dict, base: dict, workdir: str, report_fd: int, deadline: float) -> None:
+    def __init__(self, job: dict, base: dict, report_fd: int, deadline: float) -> None:
         in_r, in_w = os.pipe()  # supervisor -> candidate
         out_r, out_w = os.pipe()  # candidate -> supervisor
         self.deadline, self.dead, self.kind, self.reason = deadline, False, "", ""
+        self.isolated = bool(job["isolate"])
+        if self.isolated:
+            unshare(CLONE_NEWPID)  # our next child is PID 1 of a namespace in which we do not exist
         self.pid = os.fork()
-        if self.pid == 0:  # the candidate: keep only its own pipe ends and stdout/stderr
+        if self.pid == 0:
             try:
                 os.close(report_fd)
                 os.close(in_w)
@@ -259,9 +490,9 @@ class Candidate:
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
                 os.close(null)
-                candidate_main(job, base, workdir, in_r, out_w)
+                start_candidate(job, base, in_r, out_w)
             finally:
-                os._exit(1)
+                os._exit(EXIT_SETUP)
         os.close(in_r)
         os.close(out_w)
         self.wfd, self.rfd = in_w, out_r
@@ -283,17 +514,16 @@ class Candidate:
             pass
 
     def _exit_reason(self) -> tuple[str, str]:
-        """Why the candidate process ended (it closed its pipe)."""
+        """Why the candidate ended (it closed its pipe)."""
         try:
             _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
             return "crash", "the program's process ended"
+        if self.isolated:
+            return exit_reason(status)
         if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU:
-                return "timeout", "CPU time limit exceeded (SIGXCPU)"
-            return "crash", f"the program's process was killed by signal {signal.Signals(sig).name}"
-        return "crash", f"the program's process exited with status {os.WEXITSTATUS(status)}"
+            return exit_reason((64 + os.WTERMSIG(status)) << 8)
+        return exit_reason(min(os.WEXITSTATUS(status), 63) << 8)
 
     def _receive(self, where: str) -> object:
         if self.dead:
@@ -309,9 +539,9 @@ class Candidate:
         if not isinstance(reply, dict):
             raise self._die("crash", "the program's process sent a malformed reply")
         if "exc" in reply:
-            exc = str(reply.get("exc"))
+            exc, msg = str(reply.get("exc"))[:100], str(reply.get("msg") or "")[:500]  # the candidate wrote these
             kind = {"MemoryError": "memory_limit", "SyntaxError": "syntax_error"}.get(exc, "error")
-            message = f"{exc}: {reply.get('msg', '')}" if reply.get("msg") else exc
+            message = f"{exc}: {msg}" if msg else exc
             if where == "program":
                 raise self._die(kind, f"the program raised {message} before the tests ran")
             raise CandidateFailed(kind, f"{message}")
@@ -383,8 +613,7 @@ def main() -> None:
     start = time.monotonic()
     job = read_frame(0)
     deadline = start + float(job["timeout"])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     memory = job["limits"].get("RLIMIT_AS")
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -397,7 +626,8 @@ def main() -> None:
             "reason": f"{type(err).__name__}: {getattr(err, 'msg', err)}{line}",
         })
         return
-    workdir = isolate(job) if job["isolate"] else job["workdir"]
+    if job["isolate"]:  # this PID namespace's own /proc (the candidate mounts its own in turn)
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     base: dict = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(job["context"], "<context>", "exec"), base)
@@ -405,7 +635,7 @@ def main() -> None:
         write_report(report_fd, {"status": "test_error", "passed": 0, "total": None, "first_failure": None,
                                  "reason": f"the problem's context code failed: {type(err).__name__}: {err}"})
         return
-    candidate = Candidate(job, base, workdir, report_fd, deadline)
+    candidate = Candidate(job, base, report_fd, deadline)
     tests = read_frame(0)  # read only now: the candidate process never holds the tests
     try:
         result = run_tests(tests, base, candidate, job["entry_point"])

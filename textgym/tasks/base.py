@@ -94,6 +94,11 @@ class Task:
         """
         return None
 
+    def public_references(self, sample: Sample) -> list[str]:
+        """The references an agent may see in ``info["references"]`` (all of them by default;
+        tasks whose references are solutions to hidden tests return none)."""
+        return list(sample.references)
+
     # -- constraints ----------------------------------------------------------
     def action_mask(self, tokenizer: Any) -> np.ndarray | None:
         """A boolean mask over the vocabulary of allowed actions, or None (all allowed)."""

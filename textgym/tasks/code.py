@@ -161,8 +161,14 @@ class CodeTask(Task):
         isolation: Isolation = "auto",
         strict: bool = False,
         on_bad_row: str = "raise",
+        expose_solutions: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(expose_solutions, bool):
+            raise ConfigError(f"expose_solutions must be True or False, got {expose_solutions!r}")
+        #: show the canonical solution (``info["references"]``) and the failing test with its
+        #: expected values (``info["execution"]``) to the agent: for debugging, never for training
+        self.expose_solutions = expose_solutions
         self.fields = {"id": "task_id", "prompt": "prompt", **(fields or {})}
         self.user_data = UserData(data_files, dataset, dataset_config, self.fields, on_bad_row)
         extra = sorted(set(self.fields) - {"id", "prompt", *CODE_FIELDS})
@@ -174,6 +180,7 @@ class CodeTask(Task):
             SandboxLimits(timeout=timeout, memory_mb=memory_mb),
             workers=workers,
             isolation=isolation,
+            expose_solutions=expose_solutions,
         )
 
     def resolve_reward(self, spec: Any) -> Any:
@@ -185,6 +192,10 @@ class CodeTask(Task):
         if isinstance(spec, str) and spec in ("pass_rate", "all_pass"):
             return self.default_reward.with_metric(spec)  # type: ignore[arg-type]
         return spec
+
+    def public_references(self, sample: Sample) -> list[str]:
+        """None: a canonical solution in ``info`` would hand the agent the answer (``expose_solutions=True`` shows it)."""
+        return list(sample.references) if self.expose_solutions else []
 
     def problems(self, split: str) -> list[Sample]:
         """The problems of a split, before the task shapes them."""
