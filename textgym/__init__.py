@@ -14,7 +14,7 @@ from textgym.authoring import SimpleTask, register_task
 from textgym.data.base import Sample
 from textgym.env import TextEnv
 from textgym.registry import ENVS, load_plugins, register_builtin, register_env, register_from_yaml
-from textgym.rewards.base import Reward, RewardOutput
+from textgym.rewards.base import Reward, RewardOutput, trl_reward
 from textgym.tasks.base import Task
 from textgym.vector import TextVectorEnv
 
@@ -35,4 +35,5 @@ __all__ = [
     "register_env",
     "register_from_yaml",
     "register_task",
+    "trl_reward",
 ]

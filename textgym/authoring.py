@@ -26,8 +26,9 @@ from textgym.data.base import Sample, SplitSizes, as_samples, check_split, check
 from textgym.data.hf import describe_dataset
 from textgym.data.source import UserData
 from textgym.errors import ConfigError
+from textgym.integrations.trl import TRLRewardAdapter
 from textgym.registry import EnvEntry, register_env
-from textgym.rewards.base import RewardSpec
+from textgym.rewards.base import RewardSpec, reward_style
 from textgym.tasks.base import Task
 
 SampleSource = (
@@ -131,6 +132,12 @@ class SimpleTask(Task):
             raise ConfigError(f"task {self.name!r}: the prompt formatter returned an empty prompt for sample {sample.id!r}")
         return super().format_prompt(sample, tokenizer)
 
+    def resolve_reward(self, spec: RewardSpec) -> RewardSpec:
+        """A TRL reward function (``f(prompts, completions, **columns)``) is called the TRL way."""
+        if callable(spec) and reward_style(spec, f"task {self.name!r}") == "trl":
+            return TRLRewardAdapter(spec, self, f"task {self.name!r}")
+        return spec
+
     def action_mask(self, tokenizer: Any) -> np.ndarray | None:
         if self.allowed_tokens is None:
             return None
@@ -161,8 +168,12 @@ def register_task(
 ) -> EnvEntry:
     """Register data + prompt + reward as a Gymnasium id (with a vector entry point).
 
-    ``reward`` is a metric name, ``{name: weight}`` or a callable
-    ``(texts, samples) -> scores``; ``env_defaults`` are env keyword
+    ``reward`` is a metric name, ``{name: weight}``, a callable
+    ``(texts, samples) -> scores`` or a TRL reward function
+    ``(prompts, completions, **columns) -> scores`` (recognised by its
+    ``completions`` parameter or marked with :func:`textgym.trl_reward`; see
+    :class:`~textgym.integrations.trl.TRLRewardAdapter` for what it gets);
+    a callable of neither shape is refused here. ``env_defaults`` are env keyword
     arguments (``max_new_tokens``, ``max_prompt_tokens``, ``reward_mode`` ...)
     that ``gym.make`` keyword arguments override. ``split_sizes`` (fractions
     or row counts for train/validation/test) splits a list of samples, one
@@ -184,6 +195,8 @@ def register_task(
         "name": id,
     }
     SimpleTask(**task_kwargs)  # argument errors now, not at the first gym.make
+    if callable(reward):
+        reward_style(reward, f"task {id!r}")
     kwargs = {k: v for k, v in task_kwargs.items() if v is not None}
     return register_env(
         id,

@@ -206,11 +206,19 @@ class EnvSetup:
         return cached
 
     def encode_sample(self, sample: Sample) -> tuple[np.ndarray, str]:
-        """Token ids and text of a sample's prompt, shortened to ``max_prompt_tokens``.
+        """Token ids and text of a sample's prompt, shortened to ``max_prompt_tokens`` (see :meth:`fit_sample`)."""
+        _, ids, text = self._fit(sample)
+        return np.asarray(ids, dtype=np.int64), text
 
-        Only the sample's data (``Sample.prompt``) is cut, on the task's
-        ``truncation_side``; the instruction and chat template stay whole.
+    def fit_sample(self, sample: Sample) -> Sample:
+        """The sample as this env shows it: ``sample`` itself, or, when its prompt exceeds ``max_prompt_tokens``,
+        a copy whose data (``Sample.prompt``) is cut on the task's ``truncation_side`` until it fits.
+
+        The instruction and chat template stay whole; only the data is cut.
         """
+        return self._fit(sample)[0]
+
+    def _fit(self, sample: Sample) -> tuple[Sample, list[int], str]:
         ids, text = self._encode(sample)
         budget = self.max_prompt_tokens
         if len(ids) > budget:
@@ -223,9 +231,9 @@ class EnvSetup:
                         f"template of sample {sample.id!r} alone need more; raise max_prompt_tokens"
                     )
                 data = data[:keep] if self.task.truncation_side == "right" else data[-keep:]
-                shorter = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
-                ids, text = self._encode(shorter)
-        return np.asarray(ids, dtype=np.int64), text
+                sample = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
+                ids, text = self._encode(sample)
+        return sample, ids, text
 
     def draw(self, rng: np.random.Generator, options: dict[str, Any] | None) -> int:
         """Index of the next sample: random from ``rng``, or chosen by ``options``.

@@ -14,15 +14,23 @@ lists the valid names.  ``make_reward`` turns any of these into a
 * ``"chrf"`` -- one metric;
 * ``{"rougeL": 1.0, "length_penalty": 0.2}`` -- a weighted sum;
 * a callable with the signature above.
+
+A reward function written for Hugging Face TRL, ``f(prompts, completions,
+**columns) -> list[float]``, has the other shape: :func:`reward_style` tells the
+two apart (by signature, or by :func:`trl_reward`'s mark) and rejects a function
+of neither shape. Tasks made by :func:`textgym.register_task` call TRL reward
+functions the TRL way (:mod:`textgym.integrations.trl`); other tasks refuse them.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -101,6 +109,104 @@ def compute_metrics(
     return out
 
 
+class TRLRewardFunction:
+    """A reward function written for TRL, marked for textgym (what :func:`trl_reward` returns).
+
+    Calling it calls the function unchanged, so the marked object still works in
+    TRL's trainers; ``__name__`` (what TRL logs) is the function's.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, function)
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"trl_reward({self.function!r})"
+
+
+def signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
+    """``inspect.signature(function)``, or None when it has none."""
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
+
+
+def _takes_keyword(signature: inspect.Signature, name: str) -> bool:
+    param = signature.parameters.get(name)
+    if param is not None:
+        return param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    return any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def _describe(function: Callable[..., Any]) -> str:
+    name = getattr(function, "__name__", type(function).__name__)
+    signature = signature_of(function)
+    return f"{name}{signature}" if signature is not None else name
+
+
+def trl_reward(function: Callable[..., Any]) -> TRLRewardFunction:
+    """Mark ``function`` as a TRL reward function: ``f(prompts, completions, **columns) -> list[float]``.
+
+    Needed only when the signature does not tell (a ``completions`` parameter
+    does), e.g. for ``f(**kwargs)``. A function that cannot take ``prompts=``
+    and ``completions=`` as keywords is refused here.
+
+    Example:
+        >>> import textgym
+        >>> def short(**kwargs):
+        ...     return [float(len(c) < 20) for c in kwargs["completions"]]
+        >>> textgym.trl_reward(short)(prompts=["Hi"], completions=["Hello!"])
+        [1.0]
+    """
+    if isinstance(function, TRLRewardFunction):
+        return function
+    if not callable(function):
+        raise ConfigError(f"trl_reward() takes a function, got {type(function).__name__} {function!r}")
+    signature = signature_of(function)
+    if signature is not None and not all(_takes_keyword(signature, k) for k in ("prompts", "completions")):
+        raise ConfigError(
+            f"trl_reward(): {_describe(function)} cannot be called the TRL way, "
+            "f(prompts=..., completions=..., **columns); give it those parameters or **kwargs"
+        )
+    return TRLRewardFunction(function)
+
+
+def reward_style(function: Callable[..., Any], owner: str = "task") -> Literal["textgym", "trl"]:
+    """Which contract a reward callable follows: ``"textgym"`` (``f(texts, samples)``) or ``"trl"``.
+
+    TRL's: marked by :func:`trl_reward`, or a signature with a ``completions``
+    parameter. A function that fits neither raises :class:`ConfigError`; one
+    without an inspectable signature is taken as textgym's.
+
+    Example:
+        >>> reward_style(lambda texts, samples: [1.0] * len(texts))
+        'textgym'
+        >>> reward_style(lambda prompts, completions, **kwargs: [1.0] * len(completions))
+        'trl'
+    """
+    if isinstance(function, TRLRewardFunction):
+        return "trl"
+    signature = signature_of(function)
+    if signature is None:
+        return "textgym"
+    completions = signature.parameters.get("completions")
+    if completions is not None and completions.kind is not completions.POSITIONAL_ONLY:
+        return "trl"
+    try:
+        signature.bind([], [])
+    except TypeError:
+        raise ConfigError(
+            f"reward of {owner}: {_describe(function)} has the wrong shape: textgym calls a reward function "
+            "as f(texts, samples), TRL as f(prompts=..., completions=..., **columns) (a `completions` "
+            "parameter, or mark it with textgym.trl_reward(f))"
+        ) from None
+    return "textgym"
+
+
 def _check_scores(values: Any, n: int, owner: str) -> np.ndarray:
     try:
         scores = np.asarray(values, dtype=np.float64)
@@ -136,6 +242,11 @@ class Reward:
         self.function: RewardCallable | None = None
         self.weights: dict[str, float] = {}
         if callable(spec):
+            if reward_style(spec, owner) == "trl":
+                raise ConfigError(
+                    f"reward of {owner}: {_describe(spec)} is a TRL reward function, but this task calls its "
+                    "reward as f(texts, samples); tasks made by textgym.register_task take TRL reward functions"
+                )
             self.function = spec
         elif isinstance(spec, str):
             metric_info(spec)

@@ -1,0 +1,1 @@
+"""textgym tasks in other libraries' training loops: TRL reward functions and datasets, OpenEnv servers."""
