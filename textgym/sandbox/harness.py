@@ -173,6 +173,7 @@ DENIED = (
     "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl",
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "sethostname", "setdomainname",
     "settimeofday", "clock_settime", "adjtimex", "syslog",
+    "memfd_create",  # its pages are in no process's PSS: memory the init could not see
 )
 #: (audit arch, {name: number}) from the kernel's unistd headers
 SYSCALLS = {
@@ -185,7 +186,8 @@ SYSCALLS = {
         io_uring_setup=425, io_uring_enter=426, io_uring_register=427, kexec_load=246, kexec_file_load=320,
         init_module=175, finit_module=313, delete_module=176, reboot=169, swapon=167, swapoff=168, acct=163,
         quotactl=179, open_by_handle_at=304, name_to_handle_at=303, fanotify_init=300, sethostname=170,
-        setdomainname=171, settimeofday=164, clock_settime=227, adjtimex=159, syslog=103, clone=56, clone3=435,
+        setdomainname=171, settimeofday=164, clock_settime=227, adjtimex=159, syslog=103, memfd_create=319,
+        fcntl=72, clone=56, clone3=435,
     )),
     "aarch64": (0xC00000B7, dict(
         mount=40, umount2=39, pivot_root=41, chroot=51, open_tree=428, move_mount=429, fsopen=430,
@@ -197,11 +199,12 @@ SYSCALLS = {
         kexec_file_load=294, init_module=105, finit_module=273, delete_module=106, reboot=142, swapon=224,
         swapoff=225, acct=89, quotactl=60, open_by_handle_at=265, name_to_handle_at=264, fanotify_init=262,
         sethostname=161, setdomainname=162, settimeofday=170, clock_settime=112, adjtimex=171, syslog=116,
-        clone=220, clone3=435,
+        memfd_create=279, fcntl=25, clone=220, clone3=435,
     )),
 }
 RET_KILL, RET_ALLOW, RET_EPERM, RET_ENOSYS = 0x80000000, 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
 LD_W_ABS, JEQ, JSET, JGE, RET = 0x20, 0x15, 0x45, 0x35, 0x06
+F_SETPIPE_SZ = 1031
 
 
 class SockFilter(ctypes.Structure):
@@ -213,8 +216,9 @@ class SockFprog(ctypes.Structure):
 
 
 def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
-    """The filter: other ABIs are killed, DENIED and namespace-creating clones get EPERM, clone3
-    gets ENOSYS (its flags are behind a pointer; the C library falls back to clone)."""
+    """The filter: other ABIs are killed; DENIED, namespace-creating clones and growing a pipe's
+    buffer (``F_SETPIPE_SZ``: kernel memory outside the tree's PSS) get EPERM; clone3 gets
+    ENOSYS (its flags are behind a pointer; the C library falls back to clone)."""
     arch, numbers = SYSCALLS[machine]
     prog = [(LD_W_ABS, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, RET_KILL), (LD_W_ABS, 0, 0, 0)]
     if machine == "x86_64":  # the x32 ABI shares the arch value: refuse it
@@ -222,6 +226,8 @@ def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
     for name in DENIED:
         prog += [(JEQ, 0, 1, numbers[name]), (RET, 0, 0, RET_EPERM)]
     prog += [(JEQ, 0, 1, numbers["clone3"]), (RET, 0, 0, RET_ENOSYS),
+             (JEQ, 0, 4, numbers["fcntl"]), (LD_W_ABS, 0, 0, 24),  # fcntl's command (args[1])
+             (JEQ, 0, 1, F_SETPIPE_SZ), (RET, 0, 0, RET_EPERM), (RET, 0, 0, RET_ALLOW),
              (JEQ, 0, 3, numbers["clone"]), (LD_W_ABS, 0, 0, 16),  # clone's flags (low 32 bits of args[0])
              (JSET, 0, 1, CLONE_NAMESPACES), (RET, 0, 0, RET_EPERM), (RET, 0, 0, RET_ALLOW)]
     return prog
