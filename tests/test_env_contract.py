@@ -191,8 +191,15 @@ def test_sequence_level_wrapper_scores_a_whole_answer_like_token_steps() -> None
     env.reset(seed=1)
     _, reward, *_ = env.step("")
     assert reward == 0.0
-    with pytest.raises(gym.error.InvalidAction, match="response strings, got int"):
+    with pytest.raises(gym.error.InvalidAction, match="response strings or lists of token ids, got int"):
         env.step(5)
+    env.reset(seed=1)  # the same answer as token ids scores the same
+    ids = env.unwrapped.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    _, reward, *_ = env.step(ids)
+    assert reward == 1.0
+    env.reset(seed=1)
+    with pytest.raises(gym.error.InvalidAction, match="action -3 is out of range; allowed token ids: 0.."):
+        env.step([1, -3])
 
 
 def test_vector_reset_with_one_index_per_slot() -> None:

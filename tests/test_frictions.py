@@ -242,7 +242,7 @@ def test_version_and_defaults_in_every_help(capsys) -> None:
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"textgym {textgym.__version__}"
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public accessor
-    for name in ("list", "info", "play", "new-task"):
+    for name in ("list", "info", "play", "new-task", "serve"):
         sub = subcommands[name]
         assert sub.formatter_class is HelpFormatter
         text = " ".join(sub.format_help().split())

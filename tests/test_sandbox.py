@@ -7,7 +7,6 @@ import secrets
 import socket
 import textwrap
 import time
-import warnings
 
 import pytest
 

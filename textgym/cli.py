@@ -5,6 +5,7 @@
     textgym info ID                   spaces, reward, data and split sizes of an id
     textgym play ID [--model M]       one episode with a model, printed readably
     textgym new-task NAME             a task skeleton (module + YAML entry + test)
+    textgym serve ID [--port P]       the env as an OpenEnv server (HTTP/WebSocket), one answer per step
 
 More commands come from installed packages through the ``textgym.commands``
 entry point group: each entry is a function called with the argparse
@@ -117,6 +118,20 @@ def cmd_new_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _entry(args.id)
+    from textgym.integrations.openenv import Server  # without openenv: DependencyNotInstalled, one line
+
+    server = Server(args.id, host=args.host, port=args.port, num_envs=args.num_envs, model=args.model, split=args.split)
+    print(f"serving {args.id} on {server.url} (OpenEnv WebSocket sessions at /ws, at most {args.num_envs}; Ctrl-C stops)",
+          flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raised the SIGINT
+        pass
+    return 0
+
+
 MODEL_HELP = "model alias, local folder or hub id org/name (default: $TEXTGYM_MODEL, else smollm2-135m-instruct)"
 
 
@@ -155,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder to write into (default: . = here)")
     p.add_argument("--namespace", default="my", help="env id namespace (default: my -> my/Name-v0)")
     p.set_defaults(func=cmd_new_task)
+
+    p = sub.add_parser("serve", help="serve an env as an OpenEnv server (one answer per step)",
+                       description="Serve an env as an OpenEnv server: reset/step/state over HTTP and WebSocket, one "
+                       "whole answer (text or token ids) per step, each session with its own env. Clients: "
+                       "textgym.integrations.openenv.TextGymClient or any OpenEnv EnvClient. Needs "
+                       "pip install 'textgym[serve]'.", formatter_class=HelpFormatter)
+    p.add_argument("id", help="env id, e.g. textgym/Translation-v0")
+    p.add_argument("--model", default=None, help=MODEL_HELP + "; only its tokenizer is loaded")
+    p.add_argument("--split", default="train", help="data split: train, validation or test")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; no auth)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
+    p.add_argument("--num-envs", type=int, default=8, help="concurrent sessions at most, each with its own env")
+    p.set_defaults(func=cmd_serve)
 
     add_entry_point_commands(sub)
     return parser

@@ -10,24 +10,32 @@ episode, or, in a multi-turn task, one turn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
+from textgym.episodes import check_actions
 from textgym.errors import InvalidAction
 
 
-def response_tokens(setup: Any, text: str) -> list[int]:
-    """The token-level actions of a whole answer: its tokens, cut to ``max_new_tokens``, then EOS if room."""
-    tokens = setup.tokenizer(text, add_special_tokens=False)["input_ids"][: setup.max_new_tokens]
+def response_tokens(setup: Any, answer: str | Sequence[int]) -> list[int]:
+    """The token-level actions of a whole answer (a text, or its token ids): its tokens, cut to
+    ``max_new_tokens``, then EOS if room."""
+    if isinstance(answer, str):
+        ids = setup.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    else:
+        ids = check_actions(np.asarray(answer, dtype=np.int64) if len(answer) else np.zeros(0, np.int64),
+                            len(answer), setup.vocab_size).tolist()
+    tokens = ids[: setup.max_new_tokens]
     if len(tokens) < setup.max_new_tokens:
         tokens.append(setup.eos_id)
     return tokens
 
 
 class SequenceLevel(gym.Wrapper):
-    """One step per answer: the action is the complete answer text.
+    """One step per answer: the action is the complete answer, as text or as token ids.
 
     A single-turn episode is one step.  In a multi-turn task (e.g.
     ``Dialogue-v0`` with ``turns=k``) each step answers one turn: it returns
@@ -56,8 +64,11 @@ class SequenceLevel(gym.Wrapper):
         self._setup = env.unwrapped.setup
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        if not isinstance(action, str):
-            raise InvalidAction(f"SequenceLevel actions are response strings, got {type(action).__name__} {action!r}")
+        ids = isinstance(action, (list, tuple, np.ndarray)) and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in action)
+        if not (isinstance(action, str) or ids):
+            raise InvalidAction("SequenceLevel actions are response strings or lists of token ids, "
+                                f"got {type(action).__name__} {action!r:.200}")
         total = 0.0
         for token in response_tokens(self._setup, action):
             obs, reward, terminated, truncated, info = self.env.step(np.int64(token))
