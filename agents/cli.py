@@ -1,4 +1,4 @@
-"""``textgym train``, ``textgym eval`` and ``textgym bench``: the agents from the command line.
+"""``textgym train``, ``eval``, ``bench`` and ``tune``: the agents from the command line.
 
 textgym's CLI finds :func:`add_commands` through the ``textgym.commands`` entry
 point (``pyproject.toml``) and calls it with its argparse subparsers.  Heavy
@@ -15,6 +15,7 @@ Examples::
     textgym eval textgym/Translation-v0 --checkpoint runs/fr --split test --episodes 64
     textgym eval textgym/Translation-v0 --model smollm2-135m-instruct   # zero-shot
     textgym eval textgym/CodeGeneration-v0 --checkpoint runs/code --samples 10 --output answers.jsonl  # pass@1, pass@10
+    textgym tune textgym/Copy-v0 --algo grpo --trials 20 --storage sqlite:///tune.db   # Optuna; see agents/tune.py
 
 Every field of the chosen algorithm's config class (``PPOConfig``, ...) is a
 flag, generated from the dataclass: ``learning_rate`` is ``--learning-rate``,
@@ -56,24 +57,25 @@ from agents.benchmark import add_bench_arguments
 from agents.evaluation import add_eval_arguments
 from agents.run_config import (
     DEFAULT_ALGO,
+    DEFAULT_NUM_ENVS,
+    DEFAULT_SEED,
+    DEFAULT_TIMESTEPS,
+    DEFAULT_VERBOSE,
     RUN_KEYS,
     add_config_arguments,
     algorithm_config,
     config_flags,
-    load_run_config,
+    run_settings,
 )
 
-DEFAULT_TIMESTEPS = 40_000
-DEFAULT_NUM_ENVS = 8
-DEFAULT_SEED = 0
 DEFAULT_EVAL_EPISODES = 32
-DEFAULT_VERBOSE = 0  # as SB3: the progress bar; the per-update table (1) is in progress.csv anyway
 TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
+TUNE_USAGE = "%(prog)s ID [--algo NAME] [--trials N] [--timeout S] [--storage URL] [--out DIR] [--timesteps N] [--FIELD VALUE ...]"
 
 
 # -- the commands ----------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
-    """Add ``train``, ``eval`` and ``bench`` to an argparse ``add_subparsers()`` object (the entry point)."""
+    """Add ``train``, ``eval``, ``bench`` and ``tune`` to an argparse ``add_subparsers()`` object (the entry point)."""
     _add_parser(subparsers, "train", _TrainParser, help="train an agent (PPO, GRPO, ...) on an env id",
                 description="Train an agent on an env id. Every field of the algorithm's config is a flag: "
                 "`textgym train --algo NAME --help` lists NAME's.", usage=TRAIN_USAGE)  # fmt: skip
@@ -89,6 +91,12 @@ def add_commands(subparsers: Any) -> None:
                         description="Benchmark agents across envs: results.json, results.md and plots.")  # fmt: skip
     add_bench_arguments(bench, _positive_int)
     bench.set_defaults(func=bench_command)
+
+    _add_parser(subparsers, "tune", _TuneParser, help="search an algorithm's hyperparameters with Optuna",
+                description="Search an algorithm's hyperparameters with Optuna (TPE, median pruning on the validation "
+                "reward); the study is resumable and shared by processes on one --storage. Writes best.yaml for "
+                "`textgym train --config`, trials.csv and plots. A config field given as a flag or in --config is "
+                "held fixed: `textgym tune --algo NAME --help` lists NAME's.", usage=TUNE_USAGE)  # fmt: skip
 
 
 def _add_parser(subparsers: Any, name: str, parser_class: type, **kwargs: Any) -> argparse.ArgumentParser:
@@ -140,6 +148,24 @@ class _TrainParser(_CommandParser):
 
     def format_help(self) -> str:
         return self.for_algorithm(DEFAULT_ALGO).format_help()
+
+
+class _TuneParser(_TrainParser):
+    """``textgym tune``: its run flags (:func:`agents.tune.add_tune_arguments`) and, as for ``train``, one flag per
+    field of ``--algo``'s config, whose value is then held fixed instead of searched."""
+
+    def for_algorithm(self, algo: str) -> argparse.ArgumentParser:
+        if algo not in self._by_algo:
+            from agents.tune import add_tune_arguments
+
+            parser = _CommandParser(prog=self.prog, usage=self.usage, description=self.description,
+                                    allow_abbrev=False)  # fmt: skip
+            parser.help_command = f"{self.prog} --algo {algo} --help"
+            add_tune_arguments(parser, _positive_int, {"num_envs": DEFAULT_NUM_ENVS, "seed": DEFAULT_SEED})
+            add_config_arguments(parser, algorithm_config(algo), title=f"{algo} hyperparameters held fixed (not searched)")
+            parser.set_defaults(func=tune_command)
+            self._by_algo[algo] = parser
+        return self._by_algo[algo]
 
 
 def chosen_algorithm(args: Sequence[str]) -> str:
@@ -297,32 +323,6 @@ def _records_line(out: Path, report_to: Sequence[str]) -> str:
     return f"records in {out}: {', '.join(names) or 'checkpoints only'}"
 
 
-def run_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """A new run's settings from the ``--config`` YAML and the flags (flags win), all checked before anything
-    loads: ``algo``, ``config`` (the algorithm's config object), ``model``, ``num_envs``, ``seed``,
-    ``timesteps`` and ``env`` (``gym.make_vec`` keyword arguments, with the model)."""
-    from agents import algorithm
-    from textgym.errors import ConfigError
-
-    run = load_run_config(args.config, args.algo)
-    algo = args.algo or run.get("algo") or DEFAULT_ALGO
-    fields = {k: v for k, v in run.items() if k not in RUN_KEYS}
-    config = algorithm(algo).config_class.build(fields, **config_flags(args))
-
-    def pick(key: str, default: Any) -> Any:
-        flag = getattr(args, key)
-        return flag if flag is not None else run.get(key, default)
-
-    settings = {"algo": algo, "config": config, "model": pick("model", None), "num_envs": pick("num_envs", DEFAULT_NUM_ENVS),
-                "seed": pick("seed", DEFAULT_SEED), "timesteps": pick("timesteps", DEFAULT_TIMESTEPS),
-                "verbose": pick("verbose", DEFAULT_VERBOSE), "env": dict(run.get("env", {}))}  # fmt: skip
-    if settings["model"] is not None:
-        settings["env"]["model"] = settings["model"]
-    if settings["num_envs"] % config.group_size:
-        raise ConfigError(f"group_size={config.group_size} must divide num_envs={settings['num_envs']}")
-    return settings
-
-
 def eval_command(args: argparse.Namespace) -> int:
     """``textgym eval`` (:func:`agents.evaluation.eval_main`)."""
     from agents.evaluation import eval_main
@@ -335,6 +335,13 @@ def bench_command(args: argparse.Namespace) -> int:
     from agents.benchmark import bench_main
 
     return bench_main(args)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """``textgym tune`` (:func:`agents.tune.tune_main`)."""
+    from agents.tune import tune_main
+
+    return tune_main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

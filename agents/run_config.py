@@ -18,6 +18,10 @@ from agents import ALGORITHMS
 RUN_KEYS = ("algo", "model", "timesteps", "num_envs", "seed", "env", "verbose")
 """The ``--config`` keys that are not config fields (the fields of the algorithm's config class are keys too)."""
 DEFAULT_ALGO = "ppo"
+DEFAULT_TIMESTEPS = 40_000
+DEFAULT_NUM_ENVS = 8
+DEFAULT_SEED = 0
+DEFAULT_VERBOSE = 0  # as SB3: the progress bar; the per-update table (1) is in progress.csv anyway
 FIELD_DEST = "field."  # namespace attribute prefix of the config-field flags (they default to "not given")
 
 
@@ -213,3 +217,29 @@ def _check_run_key(key: str, value: Any) -> Any:
     elif key in ("model", "algo") and not isinstance(value, str):
         raise ConfigError(f"{key}={value!r} is not allowed; expected text")
     return value
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A new run's settings from the ``--config`` YAML and the flags (flags win), all checked before anything
+    loads: ``algo``, ``config`` (the algorithm's config object), ``model``, ``num_envs``, ``seed``,
+    ``timesteps`` and ``env`` (``gym.make_vec`` keyword arguments, with the model)."""
+    from agents import algorithm
+    from textgym.errors import ConfigError
+
+    run = load_run_config(args.config, args.algo)
+    algo = args.algo or run.get("algo") or DEFAULT_ALGO
+    fields = {k: v for k, v in run.items() if k not in RUN_KEYS}
+    config = algorithm(algo).config_class.build(fields, **config_flags(args))
+
+    def pick(key: str, default: Any) -> Any:
+        flag = getattr(args, key)
+        return flag if flag is not None else run.get(key, default)
+
+    settings = {"algo": algo, "config": config, "model": pick("model", None), "num_envs": pick("num_envs", DEFAULT_NUM_ENVS),
+                "seed": pick("seed", DEFAULT_SEED), "timesteps": pick("timesteps", DEFAULT_TIMESTEPS),
+                "verbose": pick("verbose", DEFAULT_VERBOSE), "env": dict(run.get("env", {}))}  # fmt: skip
+    if settings["model"] is not None:
+        settings["env"]["model"] = settings["model"]
+    if settings["num_envs"] % config.group_size:
+        raise ConfigError(f"group_size={config.group_size} must divide num_envs={settings['num_envs']}")
+    return settings

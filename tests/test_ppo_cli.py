@@ -13,10 +13,9 @@ from typing import Literal
 import pytest
 
 from agents import ALGORITHMS, algorithm
-from agents.cli import run_settings
 from agents.common.config import OnPolicyConfig, field_default, field_docs
 from agents.ppo import PPOConfig
-from agents.run_config import FIELD_DEST, config_flags, load_run_config
+from agents.run_config import FIELD_DEST, config_flags, load_run_config, run_settings
 from textgym.cli import build_parser, main
 from textgym.errors import ConfigError
 

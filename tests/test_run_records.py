@@ -144,6 +144,9 @@ def test_bad_report_to_or_eval_flags_are_one_line_errors(tmp_path: Path, capsys)
     assert main([*TRAIN, "--eval-episodes", "4", "--out", str(tmp_path / "b")]) == 2
     assert "--eval-episodes needs --eval-every" in capsys.readouterr().err
     assert parse_report_to("tensorboard, CSV,csv") == ("tensorboard", "csv") and parse_report_to("none") == ()
+    assert parse_report_to(()) == () and parse_report_to([]) == ()  # "none", once parsed, handed on to learn()
+    assert main([*TRAIN, "--report-to", "none", "--out", str(tmp_path / "c")]) == 0
+    assert not (tmp_path / "c" / "progress.csv").exists() and list((tmp_path / "c").glob("checkpoint-*"))
 
 
 def test_the_python_api_writes_the_same_records_unless_a_logger_was_set(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """``"csv,tensorboard"`` (or a list of names) as a tuple; None is the default, ``"none"`` nothing."""
     if value is None:
         return DEFAULT_REPORT_TO
+    if not isinstance(value, str) and len(value) == 0:
+        return ()  # already parsed "none" (e.g. ``--report-to none`` handed on to ``learn``)
     names = value.split(",") if isinstance(value, str) else list(value)
     names = [str(n).strip().lower() for n in names if str(n).strip()]
     if names == ["none"]:
