@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agents.common.callbacks import CheckpointCallback, TextEvalCallback
-    from agents.common.policies import LMPolicy
+    from agents.common.policies import LMPolicy, Seq2SeqLMPolicy
     from agents.grpo import GRPOConfig, TextGRPO
     from agents.nlpo import NLPOConfig, TextNLPO
     from agents.ppo import PPOConfig, TextPPO
@@ -31,11 +31,11 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "rloo": ("agents.rloo", "TextRLOO", "RLOOConfig"),
     "nlpo": ("agents.nlpo", "TextNLPO", "NLPOConfig"),
 }
-_EXPORTS = {"LMPolicy": "agents.common.policies", "TextEvalCallback": "agents.common.callbacks",
+_EXPORTS = {"LMPolicy": "agents.common.policies", "Seq2SeqLMPolicy": "agents.common.policies", "TextEvalCallback": "agents.common.callbacks",
             "CheckpointCallback": "agents.common.callbacks"}
 for _module, _cls, _config in ALGORITHMS.values():
     _EXPORTS[_cls] = _EXPORTS[_config] = _module
-__all__ = ["ALGORITHMS", "CheckpointCallback", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "TextGRPO", "TextNLPO", "TextPPO", "TextEvalCallback", "TextRLOO", "algorithm", "load_agent"]
+__all__ = ["ALGORITHMS", "CheckpointCallback", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "Seq2SeqLMPolicy", "TextGRPO", "TextNLPO", "TextPPO", "TextEvalCallback", "TextRLOO", "algorithm", "load_agent"]
 
 
 def algorithm(name: str) -> Any:

@@ -290,7 +290,7 @@ def _train(args: argparse.Namespace) -> int:
         run = run_settings(args)
         env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
         timesteps = run["timesteps"]
-        agent = algorithm(run["algo"])("LMPolicy", env, model=run["model"], seed=run["seed"], verbose=run["verbose"],
+        agent = algorithm(run["algo"])("auto", env, model=run["model"], seed=run["seed"], verbose=run["verbose"],
                                        config=run["config"], device=device)  # fmt: skip
     remaining = timesteps - agent.num_timesteps
     if remaining > 0:

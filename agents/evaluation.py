@@ -152,7 +152,7 @@ def eval_main(args: argparse.Namespace) -> int:
     import textgym  # noqa: F401
     from agents.common.checkpoints import describe_checkpoint, resolve_checkpoint
     from agents.common.launch import checked_device
-    from agents.common.policies import LMPolicy
+    from agents.common.policies import policy_for
 
     if args.temperature <= 0:
         from textgym.errors import ConfigError
@@ -166,8 +166,8 @@ def eval_main(args: argparse.Namespace) -> int:
     else:
         spec = args.model
     env = gym.make_vec(args.id, num_envs=args.num_envs, split=args.split, model=spec)
-    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 0.0, model=spec,
-                      action_mask=env.text_spec.action_mask, temperature=args.temperature).to(device)  # fmt: skip
+    policy = policy_for(spec, env.text_spec.vocab_size, env.text_spec.action_mask,
+                        temperature=args.temperature).to(device)  # the policy class that fits the model
     samples = args.samples or 1
     result = evaluate_policy_on_env(policy, env, args.episodes, deterministic=args.samples is None, seed=args.seed,
                                     samples=samples, progress=True)  # fmt: skip

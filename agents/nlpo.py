@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from agents.common.buffers import SequenceBatch
-from agents.common.lm import first_real_column, positions_from_mask, run_decoder, shared_prefix_forward
+from agents.common.lm import positions_from_mask, run_decoder
 from agents.common.policies import LMPolicy
 from agents.common.sampling import filter_logits
 from agents.ppo import PPOConfig, TextPPO
@@ -139,11 +139,8 @@ class NLPOPolicy(LMPolicy):
         LM) plus the generated token itself."""
         if not self.restricting:
             return super().sequence_forward(input_ids, attention_mask, prompt_len, with_values)
-        start = first_real_column(attention_mask[:, :prompt_len])
         with torch.no_grad(), self.swapped_lm(self.mask_lm):
-            hidden, _ = shared_prefix_forward(self.decoder, input_ids[:, start:], attention_mask[:, start:],
-                                              prompt_len - start)  # fmt: skip
-            support = self.support(self.head_logits(hidden[:, prompt_len - start - 1 : -1]))
+            support = self.support(self.head_logits(self.answer_hidden(input_ids, attention_mask, prompt_len)))
         support = support.scatter(-1, self.to_choice(input_ids[:, prompt_len:]).unsqueeze(-1), True)
         with self._restricted(support):
             return super().sequence_forward(input_ids, attention_mask, prompt_len, with_values)
@@ -186,9 +183,8 @@ class TextNLPO(TextPPO):
     config: NLPOConfig
     policy: NLPOPolicy
 
-    def setup_model(self, model: Any, reference: nn.Module | None = None) -> None:
-        self.policy_class = nlpo_policy_class(self.policy_class)
-        super().setup_model(model, reference)
+    def policy_class_for(self, lm: nn.Module) -> type[LMPolicy]:
+        return nlpo_policy_class(super().policy_class_for(lm))
 
     def _setup_algorithm(self) -> None:
         super()._setup_algorithm()

@@ -428,7 +428,7 @@ def _objective(trial: Any, args: argparse.Namespace, settings_for: Callable[[dic
     run = settings_for(sampled.params)
     env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
     try:
-        agent = algorithm(algo)("LMPolicy", env, model=run["model"], seed=run["seed"], verbose=0,
+        agent = algorithm(algo)("auto", env, model=run["model"], seed=run["seed"], verbose=0,
                                 config=run["config"], device=args.device)  # fmt: skip
         callback = TrialEvalCallback(trial, eval_every=args.eval_every, n_eval_episodes=args.eval_episodes, verbose=0)
         try:

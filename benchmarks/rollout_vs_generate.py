@@ -2,6 +2,7 @@
 
     python benchmarks/rollout_vs_generate.py                        # SmolLM2-135M-Instruct, batch 8, 32 new tokens
     python benchmarks/rollout_vs_generate.py --model tiny-random    # where the per-step overheads dominate
+    python benchmarks/rollout_vs_generate.py --seq2seq              # a tiny random T5 (Seq2SeqLMPolicy)
 
 Both sides use the same model object, the same prompts (one ``reset`` of
 ``gym.make_vec(--env, num_envs=--batch)`` per repeat, left-padded by the env,
@@ -15,6 +16,11 @@ no other logits processor, stop at EOS):
     the rewards (chrF on Translation-v0) and the final infos, ``LMPolicy`` with
     its KV cache.
 
+``--seq2seq`` builds a 2-layer T5 with random weights and the default tokenizer (d_model 32,
+as ``tests/test_seq2seq.py``) and measures the same two paths on it: ``model.generate``
+encodes the prompts and decodes from the decoder start token; the rollout runs
+``Seq2SeqLMPolicy`` (``policy="auto"``).  ``--model`` may also name any encoder-decoder checkpoint.
+
 Sampling stops at EOS on both sides, so each side reports the tokens it
 actually generated (EOS included, nothing after it) per second.  The repeats
 alternate (a) and (b); the ratio is the median of the per-repeat ratios b/a.
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -32,10 +40,10 @@ import torch
 from transformers import GenerationConfig
 
 import textgym  # noqa: F401  (registers the env ids)
-from agents.common.lm import first_real_column
-from agents.common.policies import LMPolicy
+from agents.common.lm import first_real_column, is_encoder_decoder
+from agents.common.policies import LMPolicy, resolve_policy
 from agents.common.rollout import collect_episodes
-from textgym.models import load_model
+from textgym.models import load_model, load_tokenizer
 
 
 def generated_tokens(new_tokens: torch.Tensor, eos: int) -> int:
@@ -54,7 +62,8 @@ def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: Gener
     with torch.no_grad():
         out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     elapsed = time.perf_counter() - began
-    return generated_tokens(out[:, ids.shape[1] :], config.eos_token_id), elapsed
+    new = out[:, 1:] if is_encoder_decoder(lm) else out[:, ids.shape[1] :]  # seq2seq: after the decoder start token
+    return generated_tokens(new, config.eos_token_id), elapsed
 
 
 def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator) -> tuple[int, float]:
@@ -63,6 +72,21 @@ def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generat
     batch = collect_episodes(policy, env, obs, generator=generator)
     elapsed = time.perf_counter() - began
     return int(batch.gen_mask.sum()), elapsed
+
+
+def tiny_t5(out: Path) -> str:
+    """A 2-layer T5 with random weights and the default tokenizer's vocabulary, saved to ``out``."""
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    tok = load_tokenizer("tiny-random")
+    ids = {"decoder_start_token_id": tok.pad_token_id, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=32, d_ff=64, num_layers=2, num_heads=2,
+                                                d_kv=16, **ids))  # fmt: skip
+    model.generation_config = GenerationConfig(**ids)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return str(out)
 
 
 def main() -> None:
@@ -74,14 +98,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="alternating (a)/(b) pairs after one warm-up pair")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seq2seq", action="store_true", help="a tiny random T5 instead of --model")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.seq2seq:
+        args.model = tiny_t5(Path(tempfile.mkdtemp(prefix="tiny-t5-")))
     torch.manual_seed(args.seed)
     env = gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
     setup = env.unwrapped.text_spec
     lm = load_model(args.model).eval()
-    policy = LMPolicy(
+    policy = resolve_policy("auto", lm)(
         env.single_observation_space, env.single_action_space, lambda _: 0.0, model=lm,
         temperature=1.0, top_k=0, top_p=1.0, action_mask=setup.action_mask,
     )  # fmt: skip
@@ -107,7 +134,7 @@ def main() -> None:
             counts["generate"].append(n_gen)
             counts["rollout"].append(n_roll)
     ratio = statistics.median(r / g for r, g in zip(rates["rollout"], rates["generate"]))
-    print(f"{args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
+    print(f"{'tiny random T5 (--seq2seq)' if args.seq2seq else args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
           f"{args.repeats} alternating repeats, torch {torch.__version__}, {args.threads} thread(s)")  # fmt: skip
     for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout")):
         print(f"{label:<22} {statistics.median(rates[name]):>9.1f} tokens/s (median; "

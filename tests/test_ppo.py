@@ -108,7 +108,7 @@ def test_bad_inputs() -> None:
         TextPPO("LMPolicy", env, model=small, verbose=0)
     with pytest.raises(TypeError, match=r"Discrete action space.*Box"):
         TextPPO("LMPolicy", gym.make("Pendulum-v1"), model="tiny-random", verbose=0)
-    with pytest.raises(ValueError, match=r"unknown policy 'MlpPolicy'; allowed: \['LMPolicy'\]"):
+    with pytest.raises(ValueError, match=r"unknown policy 'MlpPolicy'; allowed: \['LMPolicy', 'Seq2SeqLMPolicy', 'auto'\]"):
         TextPPO("MlpPolicy", env, model="tiny-random", verbose=0)
     with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['n_steps'\]; allowed: \['learning_rate'"):
         TextPPO("LMPolicy", env, model="tiny-random", n_steps=5)

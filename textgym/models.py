@@ -404,14 +404,17 @@ def load_model(
     dtype: Any = None,
     device: Any = None,
 ) -> PreTrainedModel:
-    """Load a causal LM for a model spec (a fresh copy each call), in eval mode."""
+    """Load the LM of a model spec (a fresh copy each call), in eval mode: a causal LM, or an
+    encoder-decoder (``AutoModelForSeq2SeqLM``, e.g. T5) when its config says ``is_encoder_decoder``."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     spec = _check_spec(default_model() if model is None else model)
     path = resolve_model_path(spec)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        config = AutoConfig.from_pretrained(path)
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        lm = auto.from_pretrained(path, config=config, dtype=dtype or torch.float32)
     except (OSError, ValueError) as err:
         raise _not_found(spec, err) from err
     if device is not None:

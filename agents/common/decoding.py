@@ -5,7 +5,9 @@ top-k/top-p: :meth:`LMPolicy.filtered_logits`) gives one token per row; the
 caller's ``on_tokens(t, tokens)`` decides what happens with them (step an env,
 collect text) and returns the tokens to feed back, or None when every row is
 done.  The prompt is encoded once (rows that share a prompt share its
-encoding), then one column per step is fed through the KV cache.
+encoding), then one column per step is fed through the KV cache: the policy's
+``decode_step`` does both, for a causal LM (:class:`LMPolicy`) or an
+encoder-decoder (:class:`~agents.common.seq2seq.Seq2SeqLMPolicy`).
 
 Example:
     >>> import torch

@@ -1,5 +1,6 @@
-"""Helpers over a Hugging Face causal LM: loading, dropout, LoRA, the vocabulary check, and the
-decoder forward with a KV cache that encodes a prompt shared by several rows once."""
+"""Helpers over a Hugging Face LM: loading (causal or encoder-decoder), dropout, LoRA, the vocabulary
+check, and the causal decoder forward with a KV cache that encodes a prompt shared by several rows once
+(the encoder-decoder forward is :mod:`agents.common.seq2seq`'s)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "resid_pdrop"
 
 
 def load_causal_lm(model: Any) -> nn.Module:
-    """A causal LM from a textgym model spec (alias, path, hub id) or a ready ``PreTrainedModel``."""
+    """An LM from a textgym model spec (alias, path, hub id) or a ready ``PreTrainedModel``: a causal LM, or an
+    encoder-decoder (``AutoModelForSeq2SeqLM``) when its config says ``is_encoder_decoder``."""
     if isinstance(model, nn.Module):
         return model
     from textgym.models import load_model
@@ -45,10 +47,22 @@ def model_name(model: Any) -> str:
     return str(model)
 
 
+def is_encoder_decoder(lm: nn.Module) -> bool:
+    """True for an encoder-decoder (T5-style) model, by its config (inside a peft wrapper too)."""
+    return bool(getattr(getattr(lm, "config", None), "is_encoder_decoder", False))
+
+
+def padded_head(rows: int, vocab_size: int) -> bool:
+    """An LM head padded past the tokenizer (T5: 32128 rows for 32100 tokens): rows a multiple of 64 and
+    fewer than 1% of them extra.  The extra rows are no token; the policy never samples them."""
+    return rows > vocab_size and rows % 64 == 0 and (rows - vocab_size) * 100 < rows
+
+
 def check_vocab(lm: nn.Module, vocab_size: int, env_model: Any, model: Any) -> None:
-    """The model's LM head must have one row per token id of the env's tokenizer (``vocab_size``)."""
+    """The model's LM head must have one row per token id of the env's tokenizer (``vocab_size``),
+    or be padded past it (:func:`padded_head`)."""
     rows = int(lm.get_output_embeddings().weight.shape[0])
-    if rows != vocab_size:
+    if rows != vocab_size and not padded_head(rows, vocab_size):
         raise ModelError(
             f"vocabulary mismatch: env {env_model or 'default'!r} has a tokenizer of {vocab_size} tokens, "
             f"model {model_name(model)!r} an LM head of {rows} (config.vocab_size="
@@ -57,8 +71,9 @@ def check_vocab(lm: nn.Module, vocab_size: int, env_model: Any, model: Any) -> N
         )
 
 
-def apply_lora(lm: nn.Module, lora: Any) -> nn.Module:
-    """Wrap ``lm`` in LoRA adapters (``lora``: True, a dict of ``LoraConfig`` kwargs or a ``LoraConfig``)."""
+def apply_lora(lm: nn.Module, lora: Any, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Wrap ``lm`` in LoRA adapters (``lora``: True, a dict of ``LoraConfig`` kwargs or a ``LoraConfig``);
+    ``task_type`` is peft's (``"SEQ_2_SEQ_LM"`` for an encoder-decoder) unless the config names one."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - peft is a test dependency
@@ -66,9 +81,9 @@ def apply_lora(lm: nn.Module, lora: Any) -> nn.Module:
 
         raise DependencyNotInstalled("lora= needs peft: pip install peft") from err
     if lora is True:
-        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
     elif isinstance(lora, dict):
-        config = LoraConfig(**{"lora_dropout": 0.0, "task_type": "CAUSAL_LM", **lora})
+        config = LoraConfig(**{"lora_dropout": 0.0, "task_type": task_type, **lora})
     elif isinstance(lora, LoraConfig):
         config = lora
     else:
@@ -89,7 +104,7 @@ def run_decoder(
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": positions}
     kwargs["use_cache"] = use_cache  # never build a cache nobody reads (the update's full forward)
     if use_cache:
-        kwargs[_cache_kwarg(type(decoder))] = past
+        kwargs[cache_kwarg(type(decoder))] = past
     out = decoder(**kwargs)
     cache = getattr(out, "cache", None) if use_cache else None
     if use_cache and cache is None:
@@ -98,7 +113,8 @@ def run_decoder(
 
 
 @functools.lru_cache(maxsize=16)
-def _cache_kwarg(cls: type) -> str:
+def cache_kwarg(cls: type) -> str:
+    """The name of a transformers module's KV-cache argument: ``cache`` (transformers >= 5.x) or ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 

@@ -53,7 +53,8 @@ class OnPolicyAlgorithm(AgentAPI):
     """Base of the text on-policy algorithms (see the module docstring).
 
     Args:
-        policy: ``"LMPolicy"`` or an LMPolicy subclass.
+        policy: ``"LMPolicy"`` (causal LMs), ``"Seq2SeqLMPolicy"`` (encoder-decoders), ``"auto"`` (the one
+            that fits the model's config) or an LMPolicy subclass.
         env: ``gym.make_vec(id, num_envs=N)`` (or a single ``gym.make(id)`` env).
         model: model spec (alias, path, hub id) or a ``PreTrainedModel``; None = the env's model.
         config: the algorithm's config object (or a dict of its fields); ``**overrides`` replace fields.
@@ -83,7 +84,8 @@ class OnPolicyAlgorithm(AgentAPI):
         **overrides: Any,
     ) -> None:
         self.config = self.config_class.build(config, **overrides)
-        self.policy_class = resolve_policy(policy)
+        self.policy_choice = policy
+        resolve_policy(policy)  # a bad name fails here, before any model is loaded
         self.env = as_text_vector_env(env, type(self).__name__)
         self.dist = Distributed.from_env(device)  # torchrun / accelerate launch: join the group; else one process
         self.device = self.dist.device
@@ -125,6 +127,7 @@ class OnPolicyAlgorithm(AgentAPI):
         if self.seed is not None:
             torch.manual_seed(self.seed)
         lm = load_causal_lm(model)
+        self.policy_class = self.policy_class_for(lm)
         check_vocab(lm, self.spec.vocab_size, self.spec.model, model)
         cfg = self.config
         if cfg.lora:
@@ -155,6 +158,12 @@ class OnPolicyAlgorithm(AgentAPI):
         self.dist.broadcast_module(self.policy)  # every rank starts from rank 0's weights
         self.dist.broadcast_module(self.reference)
         self._setup_algorithm()
+
+    def policy_class_for(self, lm: torch.nn.Module) -> type[LMPolicy]:
+        """The policy class that runs ``lm``: the one chosen, or by the model's config for ``"auto"``."""
+        cls = resolve_policy(self.policy_choice, lm)
+        assert cls is not None  # resolve_policy decides "auto" once it has the model
+        return cls
 
     def _setup_algorithm(self) -> None:
         """Algorithm-specific state built with the model (KL controller, masking policy, ...)."""

@@ -8,6 +8,7 @@ Layout of a save directory::
 
     config.json, model.safetensors, generation_config.json, tokenizer files
                           the policy LM (LoRA merged in): AutoModelForCausalLM.from_pretrained(dir) loads it
+                          (AutoModelForSeq2SeqLM for an encoder-decoder)
     textppo.json          algorithm, hyperparameters, model spec, env id/kwargs, counters
     value_head.safetensors  value head (and the critic trunk with separate_critic=True)
     adapter/              LoRA adapters (peft format), when LoRA is on

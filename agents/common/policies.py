@@ -13,6 +13,10 @@ Two ways to use it:
   forward per sequence in the update (:meth:`LMPolicy.sequence_forward`);
 * stock ``stable_baselines3.PPO`` (slow, for compatibility), through
   :class:`agents.sb3_adapter.SB3VecEnv` (the README shows how).
+
+An encoder-decoder (T5-style) model gets :class:`Seq2SeqLMPolicy`, the same interface over an
+encoder and a decoder (:mod:`agents.common.seq2seq`); ``policy="auto"`` picks the class by the
+model's config.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from agents.common.lm import (
     check_vocab,
     disable_dropout,
     first_real_column,
+    is_encoder_decoder,
     load_causal_lm,
     model_name,
     positions_from_mask,
@@ -42,6 +47,8 @@ from agents.common.lm import (
     shared_prefix_forward,
 )
 from agents.common.sampling import filter_logits, log_probs_and_entropy
+from agents.common.seq2seq import Seq2SeqMethods
+from textgym.errors import ModelError
 
 
 @dataclass
@@ -55,27 +62,41 @@ class _CacheState:
 
 
 
-POLICIES: dict[str, type[LMPolicy]] = {}
+POLICIES: dict[str, type[LMPolicy]] = {}  # by name (filled below the classes)
+AUTO = "auto"
 
 
-def resolve_policy(policy: str | type[LMPolicy]) -> type[LMPolicy]:
-    """``"LMPolicy"`` or an LMPolicy subclass; anything else raises with the allowed names."""
+def resolve_policy(policy: str | type[LMPolicy], lm: nn.Module | None = None) -> type[LMPolicy] | None:
+    """The policy class of ``policy``: ``"LMPolicy"`` (causal LMs), ``"Seq2SeqLMPolicy"`` (encoder-decoders),
+    ``"auto"`` (the one that fits ``lm``'s config; None while ``lm`` is not known) or an LMPolicy subclass.
+    Anything else raises with the allowed names.
+
+    >>> resolve_policy("auto") is None, resolve_policy("LMPolicy").__name__
+    (True, 'LMPolicy')
+    """
+    names = [*sorted(POLICIES), AUTO]
     if isinstance(policy, str):
+        if policy == AUTO:
+            if lm is None:
+                return None
+            return POLICIES["Seq2SeqLMPolicy" if is_encoder_decoder(lm) else "LMPolicy"]
         if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; allowed: {sorted(POLICIES)} or an LMPolicy subclass")
+            raise ValueError(f"unknown policy {policy!r}; allowed: {names} or an LMPolicy subclass")
         return POLICIES[policy]
     if isinstance(policy, type) and issubclass(policy, LMPolicy):
         return policy
-    raise TypeError(f"policy must be one of {sorted(POLICIES)} or an LMPolicy subclass, got {policy!r}")
+    raise TypeError(f"policy must be one of {names} or an LMPolicy subclass, got {policy!r}")
 
 
 def policy_for(model: Any, vocab_size: int, action_mask: np.ndarray | None = None, obs_length: int = 1,
                **kwargs: Any) -> LMPolicy:  # fmt: skip
-    """An inference LMPolicy for ``model`` over ``vocab_size`` token ids (no env needed); ``obs_length``
-    is the observation width that SB3's ``predict`` checks."""
+    """An inference policy for ``model`` over ``vocab_size`` token ids (no env needed), of the class that fits
+    the model (``"auto"``); ``obs_length`` is the observation width that SB3's ``predict`` checks."""
+    lm = load_causal_lm(model)
+    cls = resolve_policy(AUTO, lm)
     obs = spaces.Dict({"input_ids": spaces.Box(0, vocab_size - 1, (obs_length,), np.int64),
                        "attention_mask": spaces.Box(0, 1, (obs_length,), np.int64)})  # fmt: skip
-    return LMPolicy(obs, spaces.Discrete(vocab_size), lambda _: 0.0, model, action_mask=action_mask, **kwargs)
+    return cls(obs, spaces.Discrete(vocab_size), lambda _: 0.0, lm, action_mask=action_mask, **kwargs)
 
 
 class LMPolicy(ActorCriticPolicy):
@@ -92,6 +113,9 @@ class LMPolicy(ActorCriticPolicy):
         gradient_checkpointing: trade compute for activation memory in the update.
         optimizer_class, optimizer_kwargs: the optimizer of the trainable parameters.
     """
+
+    encoder_decoder: ClassVar[bool] = False  # the kind of model this class runs (config.is_encoder_decoder)
+    lora_task_type: ClassVar[str] = "CAUSAL_LM"  # peft's task type of its adapters
 
     def __init__(
         self,
@@ -147,15 +171,22 @@ class LMPolicy(ActorCriticPolicy):
         lm = load_causal_lm(source)
         self._model_source = (None,)  # drop the reference: the module now lives in self.lm
         vocab = int(self.action_space.n)
+        if is_encoder_decoder(lm) != self.encoder_decoder:
+            kind = "an encoder-decoder" if is_encoder_decoder(lm) else "a causal LM"
+            raise ModelError(
+                f"{type(self).__name__} cannot run model {model_name(source)!r}: it is {kind} "
+                f"(config.is_encoder_decoder={is_encoder_decoder(lm)}); use policy='auto', which picks "
+                "LMPolicy for a causal LM and Seq2SeqLMPolicy for an encoder-decoder"
+            )
         check_vocab(lm, vocab, "of the action space", model_name(source))
         disable_dropout(lm)
         if self.separate_critic:
             base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-            self.critic: nn.Module | None = copy.deepcopy(base.get_decoder())
+            self.critic: nn.Module | None = copy.deepcopy(self.critic_trunk(base))
         else:
             self.critic = None
         if self.lora and not hasattr(lm, "disable_adapter"):  # a PeftModel (from a checkpoint) is kept as is
-            lm = apply_lora(lm, self.lora)
+            lm = apply_lora(lm, self.lora, self.lora_task_type)
         if self.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora:
@@ -171,7 +202,12 @@ class LMPolicy(ActorCriticPolicy):
         self.register_buffer("action_mask", None if mask is None else torch.tensor(mask), persistent=False)
         # With a mask, the LM head is evaluated on the allowed rows only ("choices"): the
         # log-softmax over them equals the masked full-vocabulary log-softmax, at a fraction of the cost.
-        allowed = None if mask is None or mask.all() else torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
+        # A head padded past the tokenizer (T5) is evaluated on the tokenizer's rows only, the same way.
+        padded = int(self.base_lm.get_output_embeddings().weight.shape[0]) != vocab
+        if (mask is None or mask.all()) and not padded:
+            allowed = None
+        else:
+            allowed = torch.as_tensor(np.flatnonzero(np.ones(vocab, bool) if mask is None else mask), dtype=torch.long)
         slots = None
         if allowed is not None:
             slots = torch.full((vocab,), -1, dtype=torch.long)
@@ -193,6 +229,10 @@ class LMPolicy(ActorCriticPolicy):
     @property
     def decoder(self) -> nn.Module:
         return self.base_lm.get_decoder()
+
+    def critic_trunk(self, base: nn.Module) -> nn.Module:
+        """What ``separate_critic=True`` copies for the critic: the transformer of the causal LM ``base``."""
+        return base.get_decoder()
 
     @property
     def vocab_size(self) -> int:
@@ -300,10 +340,7 @@ class LMPolicy(ActorCriticPolicy):
         is V(prompt + tokens[:t]), read at column P-1+t.  Rows with the same prompt (several
         completions per prompt) share one encoding of it (:func:`shared_prefix_forward`).
         """
-        start = first_real_column(attention_mask[:, :prompt_len])  # drop padding columns every row shares
-        input_ids, attention_mask, prompt_len = input_ids[:, start:], attention_mask[:, start:], prompt_len - start
-        hidden, _ = shared_prefix_forward(self.decoder, input_ids, attention_mask, prompt_len)
-        h_gen = hidden[:, prompt_len - 1 : -1]
+        h_gen = self.answer_hidden(input_ids, attention_mask, prompt_len)
         tokens = input_ids[:, prompt_len:]
         choices = self.to_choice(tokens)
         logp, entropy = log_probs_and_entropy(self.filtered_logits(self.head_logits(h_gen), keep=choices), choices)
@@ -311,10 +348,20 @@ class LMPolicy(ActorCriticPolicy):
         values = None
         if with_values:
             if self.critic is not None:
-                hidden, _ = shared_prefix_forward(self.critic, input_ids, attention_mask, prompt_len)
-                h_gen = hidden[:, prompt_len - 1 : -1]
+                h_gen = self.answer_hidden(input_ids, attention_mask, prompt_len, self.critic)
             values = self.value_of(h_gen)
         return logp, entropy, values
+
+    def answer_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, trunk: nn.Module | None = None
+    ) -> torch.Tensor:
+        """(B, T, H) hidden states of the states each generated token was drawn in (the inputs of
+        :meth:`head_logits` and of the value head), from the policy's transformer or ``trunk`` (the
+        critic's copy).  Here: the causal LM over prompt + answer, read at columns P-1 .. P+T-2."""
+        start = first_real_column(attention_mask[:, :prompt_len])  # drop padding columns every row shares
+        input_ids, attention_mask, prompt_len = input_ids[:, start:], attention_mask[:, start:], prompt_len - start
+        hidden, _ = shared_prefix_forward(self.decoder if trunk is None else trunk, input_ids, attention_mask, prompt_len)
+        return hidden[:, prompt_len - 1 : -1]
 
     # -- the SB3 interface ----------------------------------------------------------------
     def _obs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,4 +441,25 @@ class LMPolicy(ActorCriticPolicy):
         return self._distribution(self._last_hidden(ids, mask, use_cache=True)).get_actions(deterministic=deterministic)
 
 
+class Seq2SeqLMPolicy(Seq2SeqMethods, LMPolicy):
+    """An encoder-decoder LM (``AutoModelForSeq2SeqLM``, e.g. T5) + value head on its decoder, with
+    :class:`LMPolicy`'s arguments: the prompt goes to the encoder (once per distinct prompt), the answer
+    is decoded from the model's decoder start token (:mod:`agents.common.seq2seq`).
+
+    Example:
+        >>> import torch
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1,
+        ...                                          num_heads=2, d_kv=8, decoder_start_token_id=0))
+        >>> policy = policy_for(t5, 64)  # "auto": this class for an encoder-decoder
+        >>> type(policy).__name__
+        'Seq2SeqLMPolicy'
+        >>> ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+        >>> logp, entropy, values = policy.sequence_forward(ids, mask, prompt_len=2)  # prompt [5, 6], answer [7, 8]
+        >>> logp.shape, values.shape
+        (torch.Size([1, 2]), torch.Size([1, 2]))
+    """
+
+
 POLICIES["LMPolicy"] = LMPolicy
+POLICIES["Seq2SeqLMPolicy"] = Seq2SeqLMPolicy
