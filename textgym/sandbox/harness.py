@@ -326,27 +326,36 @@ def drop_privileges(job: dict) -> None:
 
 # -- the candidate's PID namespace: a small init that watches the whole process tree -----------
 EXIT_MEMORY, EXIT_CPU, EXIT_SETUP = 120, 121, 122
+PAGE, CLOCK_TICKS = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
 
 
-def tree_usage() -> tuple[int, float]:
-    """(proportional set size in bytes, CPU seconds) of the live processes of this PID namespace
-    but its init; CPU time includes what each has reaped of its own children."""
-    pss, ticks = 0, 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or name == "1":
-            continue
+def tree_usage(memory: int) -> tuple[int, float]:
+    """(memory in bytes, CPU seconds) of the live processes of this PID namespace but its init; CPU time
+    includes what each has reaped of its own children.  Memory is the resident set size while that stays
+    within ``memory`` (cheap to read), else the proportional set size (shared pages counted once)."""
+    pids = [name for name in os.listdir("/proc") if name.isdigit() and name != "1"]
+    rss, ticks = 0, 0
+    for name in pids:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            rss += int(fields[21]) * PAGE  # rss (pages)
+        except (OSError, IndexError, ValueError):
+            continue  # it just ended
+    if rss <= memory:
+        return rss, ticks / CLOCK_TICKS
+    pss = 0
+    for name in pids:
         try:
             with open(f"/proc/{name}/smaps_rollup", "rb") as handle:
                 for line in handle:
                     if line.startswith(b"Pss:"):
                         pss += int(line.split()[1]) * 1024
                         break
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
         except (OSError, IndexError, ValueError):
-            continue  # it just ended
-    return pss, ticks / os.sysconf("SC_CLK_TCK")
+            continue
+    return pss, ticks / CLOCK_TICKS
 
 
 def init_main(job: dict, child: int) -> None:
@@ -367,7 +376,7 @@ def init_main(job: dict, child: int) -> None:
                 if os.WIFSIGNALED(status):
                     os._exit(64 + os.WTERMSIG(status))
                 os._exit(min(os.WEXITSTATUS(status), 63))
-        pss, seconds = tree_usage()
+        pss, seconds = tree_usage(memory)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds += reaped.ru_utime + reaped.ru_stime
         if pss > memory:
