@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -70,8 +71,9 @@ def drive(job):
     return out
 
 
-if __name__ == "__main__":
-    print(json.dumps(drive(json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # one job per line on stdin, one result per line on stdout
+    for line in sys.stdin:
+        print(json.dumps(drive(json.loads(line))), flush=True)
 """
 
 #: Shared by the attacks: routes to the host (other processes' roots, unmounting what covers it).
@@ -131,11 +133,15 @@ def _as_nobody(python: str, package_dir: str, args: list[str], timeout: float) -
 
 
 class Runner:
-    """Runs steps of programs in one mode; ``harness`` is the harness file that mode's sandbox runs."""
+    """Runs steps of programs in one mode; ``harness`` is the harness file that mode's sandbox runs.
+
+    As nobody, one driver process serves every test of the module (a job per line), so that each
+    test does not pay for an interpreter start and the imports."""
 
     def __init__(self, mode: str, python: str | None = None, package_dir: str | None = None) -> None:
         self.mode, self.python, self.package_dir = mode, python, package_dir
         self.harness = Path(package_dir, "textgym", "sandbox", "harness.py") if package_dir else HARNESS
+        self.driver: subprocess.Popen | None = None
 
     def run(self, *steps: dict) -> list[list[dict]]:
         job = {"steps": [{"limits": LIMITS, "isolation": "auto", **s} for s in steps]}
@@ -143,10 +149,30 @@ class Runner:
             namespace: dict = {"__name__": "textgym_attack_driver"}
             exec(compile(DRIVER, "<driver>", "exec"), namespace)
             return namespace["drive"](job)
-        budget = sum(len(s["programs"]) * 2 * s.get("limits", LIMITS)["timeout"] + 5 for s in job["steps"])
-        done = _as_nobody(self.python, self.package_dir, ["-c", DRIVER, json.dumps(job)], budget)
-        assert done.returncode == 0, f"the driver failed as uid {NOBODY}:\n{done.stderr[-3000:]}"
-        return json.loads(done.stdout)
+        self.start()
+        budget = sum(len(s["programs"]) * 2 * s.get("limits", LIMITS)["timeout"] + 15 for s in job["steps"])
+        self.driver.stdin.write(json.dumps(job) + "\n")
+        self.driver.stdin.flush()
+        ready, _, _ = select.select([self.driver.stdout], [], [], budget)
+        line = self.driver.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            pytest.fail(f"the driver as uid {NOBODY} gave no result within {budget} s:\n{self.driver.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def start(self) -> None:
+        """The driver process (started before any test's snapshot, so that it is no leftover)."""
+        if self.python is not None and (self.driver is None or self.driver.poll() is not None):
+            self.driver = subprocess.Popen(
+                [self.python, "-c", DRIVER], user=NOBODY, group=NOBODY, extra_groups=[],
+                env=_driver_env(self.package_dir), cwd=self.package_dir, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+
+    def close(self) -> None:
+        if self.driver is not None and self.driver.poll() is None:
+            self.driver.kill()
+            self.driver.communicate()
 
 
 def _probe_nobody(package_dir: str) -> tuple[str | None, str]:
@@ -190,7 +216,12 @@ def _nobody_runner():
             os.lchown(path, NOBODY, NOBODY)
         os.chmod(package_dir, 0o755)
         python, why = _probe_nobody(package_dir)
-        yield Runner("user", python, package_dir) if python else why
+        runner = Runner("user", python, package_dir) if python else None
+        if runner is not None:
+            runner.start()
+        yield runner or why
+        if runner is not None:
+            runner.close()
     finally:
         shutil.rmtree(package_dir, ignore_errors=True)
 

@@ -140,41 +140,35 @@ def test_readme_tune_runs_six_trials_and_its_best_yaml_trains(tmp_path: Path, mo
     assert agent.num_timesteps >= 600
 
 
-def test_a_killed_search_continues_the_same_study(tmp_path: Path) -> None:
+def test_two_processes_share_one_study_and_a_killed_one_loses_nothing(tmp_path: Path) -> None:
+    """Two processes on one SQLite study; one is SIGKILLed once it has finished a trial, the other completes the
+    study (seeing the killed one's trial), and a rerun continues the same study to a larger total."""
     out = tmp_path / "tune"
-    first = tune_process(out, trials=2)
+    first, second = tune_process(out, trials=3), tune_process(out, trials=3)
+    worker = f"{socket.gethostname()}:{first.pid}"
     deadline = time.monotonic() + 120
-    try:  # trials.csv is rewritten after each trial: kill once it lists a finished one
+    try:  # trials.csv is rewritten after each trial: kill the first once it lists a trial of its own
         while time.monotonic() < deadline and first.poll() is None:
-            if (out / "trials.csv").exists() and re.search(r",(COMPLETE|PRUNED),", (out / "trials.csv").read_text()):
+            csv = (out / "trials.csv").read_text() if (out / "trials.csv").exists() else ""
+            if any(re.search(r",(COMPLETE|PRUNED),", line) and worker in line for line in csv.splitlines()):
                 break
             time.sleep(0.1)
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()
     assert first.returncode == -signal.SIGKILL, "the first process ended before it could be killed"
-    before = finished(load_study(out))
-    assert len(before) == 1
-
-    second = tune_process(out, trials=2)
     text = second.communicate(timeout=180)[0]
     assert second.returncode == 0, text
-    assert "1 finished trial(s) of 2" in text  # it continued the study
+    before = finished(load_study(out))
+    workers = {t.user_attrs["worker"] for t in load_study(out).get_trials(states=FINISHED)}
+    assert workers == {worker, f"{socket.gethostname()}:{second.pid}"}  # both took trials of one study
+    assert len(before) >= 3 and int(re.findall(r"(\d+) finished trial\(s\) of 3 \(", text)[-1]) >= 3, text
+
+    rerun = tune_process(out, trials=len(before) + 1)
+    text = rerun.communicate(timeout=180)[0]
+    assert rerun.returncode == 0, text
+    assert f"{len(before)} finished trial(s) of {len(before) + 1}" in text  # it continued the study
     after = finished(load_study(out))
-    assert len(after) == 2 and {n: after.get(n) for n in before} == before  # nothing lost, nothing redone
-    assert min(set(after) - set(before)) > max(before)
-
-
-def test_two_processes_share_one_sqlite_study(tmp_path: Path) -> None:
-    out = tmp_path / "tune"
-    processes = [tune_process(out, trials=4) for _ in range(2)]
-    texts = [p.communicate(timeout=180)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], texts
-    trials = load_study(out).get_trials(states=FINISHED)
-    workers = {t.user_attrs["worker"] for t in trials}
-    assert workers == {f"{socket.gethostname()}:{p.pid}" for p in processes}  # both took trials of one study
-    assert len(trials) >= 4
-    for text in texts:  # each process ends seeing the whole study
-        assert int(re.findall(r"(\d+) finished trial\(s\) of 4 \(", text)[-1]) >= 4, text
+    assert len(after) == len(before) + 1 and {n: after.get(n) for n in before} == before  # nothing lost or redone
     csv_workers = {line.split(",")[5] for line in (out / "trials.csv").read_text().splitlines()[1:]}
     assert workers <= csv_workers
