@@ -3,13 +3,23 @@
     python benchmarks/ppo_vs_trl.py                          # SmolLM2-135M-Instruct, 4 updates each
     python benchmarks/ppo_vs_trl.py --algo grpo              # textgym's GRPO against TRL's, same settings
     python benchmarks/ppo_vs_trl.py --model tiny-random --steps 8
+    python benchmarks/ppo_vs_trl.py --bf16                   # both in bf16 autocast, + TextPPO in fp32
 
 Model FLOPs utilisation (MFU) of each side: the model FLOPs of an update
 (``2 N`` per generated token for the rollout, ``2 N`` for the reference
 forward, ``6 N`` per epoch for forward + backward; ``N`` = the model's
 parameters; prompt tokens and attention are left out, the same for both
-sides) over the update's seconds, divided by a peak fp32 matmul rate measured
-in this run with the same thread count (a 1024x576 by 576x1536 matmul).
+sides) over the update's seconds, divided by a peak matmul rate of the
+side's dtype measured in this run with the same thread count (a 1024x576 by
+576x1536 matmul; ``benchmarks/_flops.py``).  TextPPO's updates are also
+split into phases: rollout, old/reference log-prob forwards (``prepare``)
+and the epochs.
+
+``--bf16``: both sides in bf16 autocast with fp32 master weights (TextPPO
+``bf16=True``; TRL ``bf16=True``, which autocasts the training forwards and,
+through accelerate's wrapped ``forward``, generation), and a third side,
+TextPPO in fp32, taking turns with the other two: the run prints TextPPO
+bf16 / TRL bf16 and TextPPO bf16 / TextPPO fp32.
 
 Needs the bench extra (``pip install -e .[bench]`` for TRL).  Both sides get
 the same model, the prompts of Translation-v0's train split (the env's own
@@ -18,9 +28,9 @@ completions per update of which ``--generations`` share a prompt,
 ``--max-new-tokens``, sampling (temperature 1, top_k 0, top_p 1), learning
 rate (constant), ``--epochs`` optimisation epochs over each batch (one
 optimizer step per epoch on the whole batch), PPO clip 0.2, gradient clipping
-1.0, the KL coefficient against a frozen reference (``--kl-coef``), fp32 and no
-gradient checkpointing (TRL's defaults, bf16 autocast and gradient
-checkpointing, are turned off to match TextPPO on the CPU):
+1.0, the KL coefficient against a frozen reference (``--kl-coef``), fp32 (or
+both bf16 with ``--bf16``) and no gradient checkpointing (TRL's default
+gradient checkpointing is turned off to match TextPPO):
 
 (a) ``TextPPO`` (``--algo ppo``) on ``--batch`` env slots with
     ``group_size=--generations`` (each drawn prompt in that many slots; scores
@@ -56,6 +66,13 @@ import time
 from typing import Any
 
 import numpy as np
+from _flops import PhaseClock, describe_peaks, mfu, peaks, update_flops
+
+SIDES = ("textppo", "trl", "textppo_fp32")  # the last one with --bf16 only
+
+
+def side_bf16(args: argparse.Namespace, side: str) -> bool:
+    return args.bf16 and side != "textppo_fp32"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None, help="wall clock for the reward comparison")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--side", choices=("textppo", "trl"), help=argparse.SUPPRESS)  # internal: run one side
+    p.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast; adds TextPPO in fp32")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     args = p.parse_args(argv)
     if args.batch % args.generations:
         p.error(f"--batch ({args.batch}) must be a multiple of --generations ({args.generations})")
@@ -104,21 +122,25 @@ def run_textppo(args: argparse.Namespace) -> None:
 
     env = make_env(args)
     common = {"seed": args.seed, "verbose": 0, "learning_rate": args.lr, "n_epochs": args.epochs, "n_rollouts": 1,
-              "group_size": args.generations, "kl_coef": args.kl_coef, "max_grad_norm": 1.0, "bf16": False,
+              "group_size": args.generations, "kl_coef": args.kl_coef, "max_grad_norm": 1.0,
+              "bf16": side_bf16(args, args.side),
               "temperature": 1.0, "top_k": 0, "top_p": 1.0, "reward_scaling": False}  # fmt: skip
     if args.algo == "grpo":
         agent = TextGRPO("LMPolicy", env, model=args.model, epsilon_low=0.2, loss_type="dapo", scale_rewards="group",
                          **common)  # fmt: skip
     else:
         agent = TextPPO("LMPolicy", env, model=args.model, clip_range=0.2, **common)
+    assert (agent.autocast() is not None) == side_bf16(args, args.side)
     report("READY", {"params": sum(p.numel() for p in agent.policy.lm.parameters())})
+    clock = PhaseClock(agent)
     for _ in range(args.steps):
         wait_for_turn()
         before, started = agent.num_timesteps, time.perf_counter()
         agent.learn(total_timesteps=1, reset_num_timesteps=False)  # one rollout of --batch episodes + one update
         seconds = time.perf_counter() - started
         reward = agent.history[-1]["rollout/ep_rew_mean"]
-        report("UPDATE", {"seconds": seconds, "tokens": agent.num_timesteps - before, "reward": reward})
+        report("UPDATE", {"seconds": seconds, "tokens": agent.num_timesteps - before, "reward": reward,
+                          "phases": clock.take()})  # fmt: skip
 
 
 def run_trl(args: argparse.Namespace) -> None:
@@ -161,7 +183,7 @@ def run_trl(args: argparse.Namespace) -> None:
             per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, num_generations=args.generations,
             max_completion_length=args.max_new_tokens, num_iterations=args.epochs, max_steps=args.steps * args.epochs,
             learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            beta=args.kl_coef, epsilon=0.2, temperature=1.0, top_k=0, top_p=1.0, bf16=False,
+            beta=args.kl_coef, epsilon=0.2, temperature=1.0, top_k=0, top_p=1.0, bf16=args.bf16,
             gradient_checkpointing=False, disable_dropout=True, dataloader_num_workers=0, disable_tqdm=True,
         )  # fmt: skip
         trainer = GRPOTrainer(
@@ -176,10 +198,10 @@ def run_side(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.side == "textppo":
-        run_textppo(args)
-    else:
+    if args.side == "trl":
         run_trl(args)
+    else:
+        run_textppo(args)
     report("RESULT", {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9})  # KiB on Linux
 
 
@@ -211,26 +233,6 @@ class Side:
         return result
 
 
-def peak_matmul_flops(threads: int, seconds: float = 2.0) -> float:
-    """fp32 FLOP/s of a 1024x576 by 576x1536 matmul (SmolLM2-135M's MLP shape) on ``threads`` threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
-    for _ in range(3):
-        a @ b  # warm-up
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        n += 1
-    return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - started)
-
-
-def update_flops(params: int, tokens: int, epochs: int, reference: bool) -> float:
-    """Model FLOPs of one update (see the module docstring)."""
-    return params * tokens * (2 + (2 if reference else 0) + 6 * epochs)
-
-
 def reward_at(updates: list[dict[str, float]], budget: float) -> tuple[float, int]:
     """Mean reward of the last batch generated within ``budget`` seconds of update time, and how many batches."""
     elapsed, reward, n = 0.0, float("nan"), 0
@@ -247,37 +249,48 @@ def main() -> None:
     if args.side:
         run_side(args)
         return
+    names = SIDES if args.bf16 else SIDES[:2]
     with tempfile.NamedTemporaryFile("w+", prefix="ppo_vs_trl_", suffix=".log", delete=False) as log:
-        peak = peak_matmul_flops(args.threads)
-        sides = {name: Side(name, log) for name in ("textppo", "trl")}
+        peak = peaks(["fp32", "bf16"] if args.bf16 else ["fp32"], args.threads)
+        sides = {name: Side(name, log) for name in names}
         for side in sides.values():
             side.params = int(side.read("READY")["params"])
-        for step in range(args.steps):  # alternate which side goes first
-            for name in ("textppo", "trl") if step % 2 == 0 else ("trl", "textppo"):
+        for step in range(args.steps):  # rotate which side goes first
+            for name in names[step % len(names) :] + names[: step % len(names)]:
                 sides[name].update()
                 u = sides[name].updates[-1]
                 print(f"update {step + 1}/{args.steps} {name}: {u['seconds']:.1f} s, {u['tokens']} tokens, "
                       f"reward {u['reward']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
-        peaks = {name: side.finish()["peak_rss_gb"] for name, side in sides.items()}
+        rss = {name: side.finish()["peak_rss_gb"] for name, side in sides.items()}
     rounds = {name: [u["tokens"] / u["seconds"] for u in side.updates] for name, side in sides.items()}
     totals = {name: sum(u["seconds"] for u in side.updates) for name, side in sides.items()}
     budget = args.budget_s or min(totals.values())
-    textgym_label = "(a) TextGRPO" if args.algo == "grpo" else "(a) TextPPO"
-    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s on {args.threads} thread(s), measured in this run")
+    ours = "TextGRPO" if args.algo == "grpo" else "TextPPO"
+    dtype = "bf16 autocast" if args.bf16 else "fp32"
+    labels = {"textppo": f"(a) {ours}", "trl": "(b) TRL GRPOTrainer", "textppo_fp32": f"(c) {ours} fp32"}
+    print(describe_peaks(peak, args.threads))
     print(f"{args.model} on {args.env}: {args.steps} updates of {args.batch} completions ({args.generations} per prompt), "
           f"max_new_tokens {args.max_new_tokens}, {args.epochs} epochs, lr {args.lr:g}, KL coef {args.kl_coef:g}, "
-          f"fp32 CPU, {args.threads} thread(s); subprocess logs: {log.name}")  # fmt: skip
-    for name, label in (("textppo", textgym_label), ("trl", "(b) TRL GRPOTrainer")):
+          f"(a) and (b) {dtype}, CPU, {args.threads} thread(s); subprocess logs: {log.name}")  # fmt: skip
+    for name in names:
         updates = sides[name].updates
         tokens = sum(u["tokens"] for u in updates)
         reward, n = reward_at(updates, budget)
         flops = update_flops(sides[name].params, tokens, args.epochs, args.kl_coef > 0)
-        print(f"{label:<20} {statistics.median(rounds[name]):>7.2f} tokens/s (median update; {tokens} tokens in "
-              f"{totals[name]:.1f} s), MFU {flops / totals[name] / peak:.1%}, peak RSS {peaks[name]:.2f} GB, "
-              f"reward after {budget:.0f} s: {reward:.4f} ({n} batches)")  # fmt: skip
+        kind = "bf16" if side_bf16(args, name) else "fp32"
+        print(f"{labels[name]:<20} {statistics.median(rounds[name]):>7.2f} tokens/s (median update; {tokens} tokens in "
+              f"{totals[name]:.1f} s), MFU {mfu(flops, totals[name], peak[kind]):.1%} of {kind} peak, peak RSS "
+              f"{rss[name]:.2f} GB, reward after {budget:.0f} s: {reward:.4f} ({n} batches)")  # fmt: skip
+        if "phases" in updates[0]:
+            phases = {k: sum(u["phases"][k] for u in updates) / len(updates) for k in updates[0]["phases"]}
+            print(f"{'':<20} per update: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+                  + " (prepare = old and reference log-prob forwards)")  # fmt: skip
     ratio = statistics.median(a / b for a, b in zip(rounds["textppo"], rounds["trl"]))
-    floor = "2 for --algo grpo" if args.algo == "grpo" else "1.5"
+    floor = "2.5 with --bf16" if args.bf16 else ("2 for --algo grpo" if args.algo == "grpo" else "1.5")
     print(f"ratio a/b {ratio:.2f} (median of per-round ratios; floor {floor} with the default model)")
+    if args.bf16:
+        ratio = statistics.median(a / c for a, c in zip(rounds["textppo"], rounds["textppo_fp32"]))
+        print(f"ratio a/c {ratio:.2f} ({ours} bf16 / fp32, median of per-round ratios; floor 1.5 with the default model)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/rollout_vs_generate.py                        # SmolLM2-135M-Instruct, batch 8, 32 new tokens
     python benchmarks/rollout_vs_generate.py --model tiny-random    # where the per-step overheads dominate
     python benchmarks/rollout_vs_generate.py --seq2seq              # a tiny random T5 (Seq2SeqLMPolicy)
+    python benchmarks/rollout_vs_generate.py --bf16                 # both sides in bf16 autocast
 
 Both sides use the same model object, the same prompts (one ``reset`` of
 ``gym.make_vec(--env, num_envs=--batch)`` per repeat, left-padded by the env,
@@ -24,19 +25,28 @@ encodes the prompts and decodes from the decoder start token; the rollout runs
 Sampling stops at EOS on both sides, so each side reports the tokens it
 actually generated (EOS included, nothing after it) per second.  The repeats
 alternate (a) and (b); the ratio is the median of the per-repeat ratios b/a.
+
+``--bf16`` runs both sides under ``torch.autocast(dtype=torch.bfloat16)`` (fp32
+weights, as TextPPO's ``bf16=True``; the rollout samples from float32 logits).
+Each side's model FLOPs utilisation is ``2 N`` FLOPs per generated token (``N``
+= parameters; prompt tokens and attention left out) over its seconds, divided
+by a peak matmul rate of the dtype measured in this run (``benchmarks/_flops.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from _flops import describe_peaks, generation_flops, mfu, peaks
 from transformers import GenerationConfig
 
 import textgym  # noqa: F401  (registers the env ids)
@@ -53,23 +63,25 @@ def generated_tokens(new_tokens: torch.Tensor, eos: int) -> int:
     return int(first.sum())
 
 
-def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: GenerationConfig, prompt_len: int) -> tuple[int, float]:
+def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: GenerationConfig, prompt_len: int,
+                  autocast: Any) -> tuple[int, float]:  # fmt: skip
     ids = torch.as_tensor(obs["input_ids"][:, :prompt_len])
     mask = torch.as_tensor(obs["attention_mask"][:, :prompt_len])
     start = first_real_column(mask)  # the rollout drops the same shared padding columns
     ids, mask = ids[:, start:], mask[:, start:]
     began = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     elapsed = time.perf_counter() - began
     new = out[:, 1:] if is_encoder_decoder(lm) else out[:, ids.shape[1] :]  # seq2seq: after the decoder start token
     return generated_tokens(new, config.eos_token_id), elapsed
 
 
-def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator) -> tuple[int, float]:
+def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator,
+                 autocast: Any) -> tuple[int, float]:  # fmt: skip
     began = time.perf_counter()
     obs, _ = env.reset(seed=seed)
-    batch = collect_episodes(policy, env, obs, generator=generator)
+    batch = collect_episodes(policy, env, obs, generator=generator, autocast=autocast)
     elapsed = time.perf_counter() - began
     return int(batch.gen_mask.sum()), elapsed
 
@@ -99,8 +111,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seq2seq", action="store_true", help="a tiny random T5 instead of --model")
+    p.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast")
     args = p.parse_args()
 
+    dtype = "bf16" if args.bf16 else "fp32"
+    peak = peaks([dtype], args.threads)[dtype]
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     torch.set_num_threads(args.threads)
     if args.seq2seq:
         args.model = tiny_t5(Path(tempfile.mkdtemp(prefix="tiny-t5-")))
@@ -123,23 +139,29 @@ def main() -> None:
 
     rates: dict[str, list[float]] = {"generate": [], "rollout": []}
     counts: dict[str, list[int]] = {"generate": [], "rollout": []}
+    seconds = {"generate": 0.0, "rollout": 0.0}
     for repeat in range(args.repeats + 1):  # repeat 0 warms up both paths
         seed = args.seed + repeat
         obs, _ = env.reset(seed=seed)  # the prompts the rollout's own reset will produce
-        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens)
-        n_roll, s_roll = time_rollout(policy, env, seed, generator)
+        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens, autocast)
+        n_roll, s_roll = time_rollout(policy, env, seed, generator, autocast if args.bf16 else None)
         if repeat:
+            seconds["generate"] += s_gen
+            seconds["rollout"] += s_roll
             rates["generate"].append(n_gen / s_gen)
             rates["rollout"].append(n_roll / s_roll)
             counts["generate"].append(n_gen)
             counts["rollout"].append(n_roll)
     ratio = statistics.median(r / g for r, g in zip(rates["rollout"], rates["generate"]))
     print(f"{'tiny random T5 (--seq2seq)' if args.seq2seq else args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
-          f"{args.repeats} alternating repeats, torch {torch.__version__}, {args.threads} thread(s)")  # fmt: skip
+          f"{args.repeats} alternating repeats, torch {torch.__version__}, {args.threads} thread(s), {dtype}")  # fmt: skip
+    print(describe_peaks({dtype: peak}, args.threads))
+    params = sum(p.numel() for p in lm.parameters())
     for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout")):
+        use = mfu(generation_flops(params, sum(counts[name])), seconds[name], peak)
         print(f"{label:<22} {statistics.median(rates[name]):>9.1f} tokens/s (median; "
-              f"tokens per repeat {counts[name]})")  # fmt: skip
-    print(f"ratio b/a {ratio:.3f} (median of per-repeat ratios; floor 0.9 with the default model)")
+              f"tokens per repeat {counts[name]}), MFU {use:.1%} of {dtype} peak")  # fmt: skip
+    print(f"ratio b/a {ratio:.3f} (median of per-repeat ratios; floor {'1.0' if args.bf16 else '0.9'} with the default model)")
 
 
 if __name__ == "__main__":

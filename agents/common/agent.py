@@ -20,6 +20,19 @@ from agents.common.decoding import complete, encode_prompts, left_pad
 from agents.common.eval_callback import update_end
 
 
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """The ``bf16`` config field resolved: True/False as given; ``"auto"``: on where bf16 autocast was measured
+    faster than fp32, a CUDA device with bf16 support.  On CPUs, AVX512-BF16/AMX included, it was measured
+    slower for SmolLM2-135M (0.74x per TextPPO update, see benchmarks/README.md), so "auto" keeps them fp32.
+
+    >>> use_bf16(True, torch.device("cpu")), use_bf16("auto", torch.device("cpu"))
+    (True, False)
+    """
+    if setting == "auto":
+        return torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
 class AgentAPI:
     """Mixed into :class:`~agents.common.on_policy.OnPolicyAlgorithm` (it sets the attributes used here)."""
 
@@ -76,8 +89,8 @@ class AgentAPI:
         return self.env.num_envs
 
     def autocast(self) -> Callable[[], Any] | None:
-        """A bf16 autocast factory when bf16 is on (config.bf16, default: on CUDA), else None."""
-        bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
+        """A bf16 autocast factory when bf16 is on (``config.bf16``, see :func:`use_bf16`), else None."""
+        bf16 = use_bf16(self.config.bf16, self.device)
         return (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else None
 
     def ctx(self) -> Any:
@@ -107,7 +120,7 @@ class AgentAPI:
         tokenizer = self.spec.tokenizer
         ids, mask = left_pad(encode_prompts(tokenizer, prompts, self.spec.chat if chat is None else chat), self.spec.pad_id)
         rows = complete(self.policy, ids, mask, max_new, self.spec.eos_id, generator=self.torch_gen,
-                        deterministic=deterministic)  # fmt: skip
+                        deterministic=deterministic, autocast=self.autocast())  # fmt: skip
         return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     # -- persistence ---------------------------------------------------------------------

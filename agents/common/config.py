@@ -78,10 +78,14 @@ class OnPolicyConfig:
     """LoRA via peft: True, a dict of LoraConfig arguments or a LoraConfig (reference = adapters disabled)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
-    bf16: bool | None = None
-    """bf16 autocast; None = on when the device is CUDA. Log-softmax and the losses stay float32."""
+    bf16: bool | Literal["auto"] = "auto"
+    """bf16 autocast of the model forwards (rollout, old and reference log-probs, update); weights, optimizer
+    state, log-softmax, values, losses and the KL stay float32. "auto": on where it was measured faster, a CUDA
+    device with bf16 (on CPUs, AVX512-BF16/AMX included, a TextPPO update ran slower); True/False force it."""
 
     def __post_init__(self) -> None:
+        if self.bf16 is None:  # checkpoints saved before "auto" existed stored None for the same rule (CUDA)
+            self.bf16 = "auto"
         for f in fields(self):
             check_field(type(self), f.name, getattr(self, f.name))
         self.check()

@@ -74,10 +74,14 @@ def decode(
     ``on_tokens(t, tokens)`` gets step ``t``'s sampled token ids (host numpy, one per row) and
     returns the ids to feed back (finished rows may get a placeholder), or None to end.
     ``record`` keeps each token's log-prob and, with the shared-trunk critic, each value.
+    ``autocast`` is a context-manager factory (bf16 autocast) around the model's steps; the logits are
+    filtered, sampled and turned into log-probs in float32 either way.
     """
     device = policy.device
     generator = generator_on(generator, device)
     ctx = autocast if autocast is not None else contextlib.nullcontext
+    # on_tokens (the env: rewards may run models of their own) runs with autocast off
+    outside = (lambda: torch.autocast(device.type, enabled=False)) if autocast is not None else contextlib.nullcontext
     n = prompt_ids.shape[0]
     start = first_real_column(prompt_mask)  # padding columns shared by every row are skipped
     ids, attn = prompt_ids[:, start:].to(device), prompt_mask[:, start:].to(device)
@@ -86,22 +90,25 @@ def decode(
     next_position = attn[:, :width].sum(1, keepdim=True)
     logps: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
+    steps = 0
+    # One autocast region for the whole loop: autocast casts each (trainable) weight to bf16 once per region,
+    # not once per token (a nested disabled region keeps that cache).  Sampling and log-probs use the float32
+    # filtered logits either way.
     with ctx():
         logits, past, hidden = policy.decode_step(ids, attn[:, :width], positions_from_mask(attn[:, :width]))
-    steps = 0
-    for t in range(max_new_tokens):
-        filtered = policy.filtered_logits(logits)
-        choices = sample_tokens(filtered, generator, deterministic)
-        if record:
-            logps.append(torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1))
-            if policy.critic is None:
-                values.append(policy.value_of(hidden))
-        steps = t + 1
-        feed = on_tokens(t, policy.to_token(choices).cpu().numpy())
-        if feed is None or t + 1 == max_new_tokens:
-            break
-        column = torch.as_tensor(np.asarray(feed, dtype=np.int64), device=device).unsqueeze(1)
-        with ctx():
+        for t in range(max_new_tokens):
+            filtered = policy.filtered_logits(logits)
+            choices = sample_tokens(filtered, generator, deterministic)
+            if record:
+                logps.append(torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1))
+                if policy.critic is None:
+                    values.append(policy.value_of(hidden))
+            steps = t + 1
+            with outside():
+                feed = on_tokens(t, policy.to_token(choices).cpu().numpy())
+            if feed is None or t + 1 == max_new_tokens:
+                break
+            column = torch.as_tensor(np.asarray(feed, dtype=np.int64), device=device).unsqueeze(1)
             logits, past, hidden = policy.decode_step(column, attn[:, : width + t + 1], next_position + t, past)
     return Decoded(
         steps=steps,
@@ -144,8 +151,9 @@ def complete(
     *,
     generator: torch.Generator | None = None,
     deterministic: bool = False,
+    autocast: Callable[[], Any] | None = None,
 ) -> list[list[int]]:
-    """Each row's answer token ids up to (not including) EOS."""
+    """Each row's answer token ids up to (not including) EOS (``autocast``: as for :func:`decode`)."""
     n = prompt_ids.shape[0]
     done = np.zeros(n, dtype=bool)
     outputs: list[list[int]] = [[] for _ in range(n)]
@@ -159,5 +167,6 @@ def complete(
         return None if done.all() else tokens
 
     policy.set_training_mode(False)
-    decode(policy, prompt_ids, prompt_mask, max_new_tokens, on_tokens, generator=generator, deterministic=deterministic)
+    decode(policy, prompt_ids, prompt_mask, max_new_tokens, on_tokens, generator=generator, deterministic=deterministic,
+           autocast=autocast)  # fmt: skip
     return outputs

@@ -357,7 +357,8 @@ class OnPolicyAlgorithm(AgentAPI):
         estimate ``batch.kl`` and the rollout's statistics (means over all ranks)."""
         P = batch.prompt_len
         # The rollout recorded old log-probs and values (KV-cached, fp32: equal to a full forward up to
-        # rounding).  Under bf16 the two round differently, so the ratio would not start at 1: recompute.
+        # rounding).  Under bf16 the two round differently, so the ratio would not start at 1: the rollout
+        # records none, and they are recomputed here with the autocast forward the update runs.
         recompute = batch.old_logp is None or (self.uses_values and batch.values is None) or self.autocast() is not None
         old, ref, values = [], [], []
         for sl in self._chunks(len(batch)):

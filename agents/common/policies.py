@@ -310,7 +310,9 @@ class LMPolicy(ActorCriticPolicy):
             self.lm = own
 
     def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.value_head(hidden.float()).squeeze(-1)
+        """The value head on ``hidden``, in float32 also under bf16 autocast."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.value_head(hidden.float()).squeeze(-1)
 
     # -- the fast path (TextPPO) -----------------------------------------------------------
     def decode_step(

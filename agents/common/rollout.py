@@ -39,7 +39,9 @@ def collect_episodes(
 
     ``on_step(locals)`` is called after every env step (SB3 callbacks read ``locals()["infos"]``,
     ``["dones"]`` and ``["live"]``); returning False aborts and the function returns None.
-    ``autocast`` is a context-manager factory (bf16) or None.
+    ``autocast`` is a context-manager factory (bf16) or None.  Without it the rollout records each token's
+    log-prob and value (PPO's old ones); under bf16 it does not: a KV-cached bf16 decode rounds differently
+    from the full forward of the update, so the engine recomputes them with that forward.
     """
     spec = env.text_spec
     if spec.multi_turn:
@@ -79,7 +81,7 @@ def collect_episodes(
     try:
         decoded = decode(
             policy, prompt_ids, prompt_mask, T, on_tokens, generator=generator, deterministic=deterministic,
-            record=True, autocast=autocast,
+            record=autocast is None, autocast=autocast,
         )  # fmt: skip
     except StopDecoding:
         return None

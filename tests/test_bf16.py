@@ -1,0 +1,136 @@
+"""bf16 autocast (issue 22): the ``bf16`` field ("auto", True, False), what runs in bf16 and what stays
+float32, old log-probs consistent with the training forward, and ``bf16=False`` as the fp32 path."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+import textgym  # noqa: F401
+from agents import ALGORITHMS, TextGRPO, TextPPO, algorithm
+from agents.common.agent import use_bf16
+from agents.common.config import OnPolicyConfig
+from textgym.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FAST = {"model": "tiny-random", "learning_rate": 1e-3, "n_epochs": 2, "n_rollouts": 1, "group_size": 2}
+
+
+def copy_env(n: int = 4):
+    return gym.make_vec("textgym/Copy-v0", num_envs=n, model="tiny-random")
+
+
+def weights(agent) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in agent.policy.state_dict().values()]
+
+
+def test_the_field_takes_auto_true_false_and_refuses_anything_else() -> None:
+    assert OnPolicyConfig().bf16 == "auto"
+    for value in ("auto", True, False):
+        assert OnPolicyConfig(bf16=value).bf16 == value
+    assert OnPolicyConfig(bf16=None).bf16 == "auto"  # what checkpoints saved before "auto" stored
+    with pytest.raises(ConfigError, match=r"bf16='yes' is not allowed; expected bool \| 'auto'"):
+        OnPolicyConfig(bf16="yes")
+
+
+def test_auto_is_cuda_with_bf16_only(monkeypatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_bf16(True, cpu) and not use_bf16(False, cuda) and not use_bf16("auto", cpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for native in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda n=native: n)
+        assert use_bf16("auto", cuda) is native and not use_bf16("auto", cpu)
+
+
+def test_bf16_false_and_auto_on_the_cpu_are_the_fp32_path() -> None:
+    """``bf16=False`` never enters autocast; ``"auto"`` on the CPU is the same fp32 path, bit for bit;
+    ``bf16=True`` trains differently (the comparison can fail)."""
+    runs = {}
+    for setting in (False, "auto", True):
+        agent = TextPPO("LMPolicy", copy_env(), seed=3, bf16=setting, **FAST)
+        assert (agent.autocast() is None) is (setting is not True)
+        agent.learn(1)
+        runs[setting] = weights(agent)
+    for a, b in zip(runs[False], runs["auto"]):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(runs[False], runs[True]))
+
+
+def test_under_bf16_the_matmuls_run_in_bf16_and_the_rest_stays_float32() -> None:
+    agent = TextPPO("LMPolicy", copy_env(), seed=0, bf16=True, **FAST)
+    seen: list[torch.dtype] = []
+    layer = agent.policy.decoder.layers[0].mlp.down_proj
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    agent.learn(1)
+    handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # rollout, old/reference forwards and update all in bf16
+    assert all(p.dtype == torch.float32 for p in agent.policy.parameters())  # fp32 master weights
+    state = agent.policy.optimizer.state_dict()["state"]
+    assert state and all(t.dtype == torch.float32 for s in state.values() for k, t in s.items() if k != "step")
+    row = agent.history[-1]
+    assert all(torch.isfinite(torch.tensor(row[k])) for k in ("rollout/kl_ref", "train/loss", "train/value_loss"))
+    batch = agent.collect(agent._init_callback(None))
+    agent.prepare(batch)
+    assert batch.old_logp.dtype == batch.ref_logp.dtype == batch.values.dtype == batch.kl.dtype == torch.float32
+    with agent.ctx():
+        logp, entropy, values = agent.policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len)
+    assert logp.dtype == entropy.dtype == values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_old_logprobs_come_from_the_training_forward(algo: str) -> None:
+    """Under bf16 the old log-probs are computed with the autocast forward the update uses, so the first
+    step's importance ratio is 1 (up to the rounding of another batch composition)."""
+    agent = algorithm(algo)("LMPolicy", copy_env(8), seed=1, bf16=True, **{**FAST, "group_size": 4})
+    batch = agent.collect(agent._init_callback(None))
+    assert batch.old_logp is None and batch.values is None  # a bf16 KV-cached decode records none
+    agent.prepare(batch)
+    mask = batch.gen_mask
+    with torch.no_grad(), agent.ctx():
+        logp, _, _ = agent.policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len)
+    assert torch.equal(logp[mask], batch.old_logp[mask])  # the same forward: ratio exactly 1
+    half = batch.select(torch.arange(4))  # another batch composition (one prompt group): a bf16 rounding apart
+    with torch.no_grad(), agent.ctx():
+        logp, _, _ = agent.policy.sequence_forward(half.input_ids, half.attention_mask, half.prompt_len)
+    ratio = (logp - half.old_logp)[half.gen_mask].exp()
+    assert float((ratio - 1).abs().max()) < 0.02 and float(ratio.std()) < 0.005
+
+
+def test_decode_runs_the_model_in_bf16_and_the_callers_code_without_autocast() -> None:
+    """``on_tokens`` steps the env, whose reward may run a model of its own: never under the policy's autocast."""
+    from agents.common.decoding import decode
+    from agents.common.policies import policy_for
+
+    policy = policy_for("tiny-random", 49152)
+    policy.set_training_mode(False)
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def on_tokens(_t, tokens):
+        seen.append((torch.is_autocast_enabled("cpu"), (torch.ones(2, 2) @ torch.ones(2, 2)).dtype))
+        return tokens
+
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    layer = policy.decoder.layers[0].mlp.down_proj
+    dtypes: list[torch.dtype] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    decode(policy, ids, mask, 3, on_tokens, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    handle.remove()
+    assert seen == [(False, torch.float32)] * 3 and set(dtypes) == {torch.bfloat16}
+
+
+def test_generate_runs_under_bf16_and_values_stay_float32() -> None:
+    agent = TextGRPO("LMPolicy", copy_env(), seed=0, bf16=True, **FAST)
+    texts = agent.generate(["Copy: abc"], max_new_tokens=4)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    assert agent.policy.value_of(torch.ones(2, agent.policy.value_head.in_features, dtype=torch.bfloat16)).dtype \
+        == torch.float32  # fmt: skip
+
+
+def test_readme_bf16_block_runs_as_written(tmp_path, monkeypatch) -> None:
+    from tests.test_authoring import readme_block
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(readme_block("bf16"), "README.md", "exec"), namespace)
+    assert namespace["agent"].autocast() is not None  # bf16=True: autocast on
