@@ -20,11 +20,13 @@ import pytest
 
 import textgym
 from tests.test_authoring import readme_block
+from textgym.envsetup import ENV_KWARGS, make_task
 from textgym.errors import ConfigError, DependencyNotInstalled, RewardError
 from textgym.integrations.trl import dataset, reward_function
 from textgym.wrappers import SequenceLevel
 
-IDS = sorted(textgym.ENVS)  # every id registered at import: built-in and plugins
+IDS = sorted(i for i, e in textgym.ENVS.items()  # single-turn ids (built-in and plugins): TRL scores one answer
+             if not make_task(e.task, {k: v for k, v in e.kwargs.items() if k not in ENV_KWARGS}, i).multi_turn)
 
 
 def answers(sample: textgym.Sample) -> list[str]:

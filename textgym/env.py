@@ -65,11 +65,12 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     the tokens a well-behaved agent uses; any in-range action is accepted.
 
     ## Observation Space
-    A ``Dict`` of two int64 arrays of length ``max_prompt_tokens + max_new_tokens``:
-    ``input_ids`` (the left-padded prompt, then the tokens generated so far)
-    and ``attention_mask`` (1 where ``input_ids`` holds a real token).  The
-    pad id may equal EOS (SmolLM2): read lengths from the mask, never from
-    the pad id.
+    A ``Dict`` of two int64 arrays of length ``max_prompt_tokens +
+    conversation_tokens`` (``text_spec.conversation_tokens``; it is
+    ``max_new_tokens`` for a single-turn task): ``input_ids`` (the left-padded
+    prompt, then the tokens generated so far) and ``attention_mask`` (1 where
+    ``input_ids`` holds a real token).  The pad id may equal EOS (SmolLM2):
+    read lengths from the mask, never from the pad id.
 
     ## Rewards
     ``reward_mode="sparse"`` (default): 0 at every step, the task's score of
@@ -79,17 +80,25 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     of the finished text.
 
     ## Multi-turn tasks
-    A task with ``multi_turn = True`` may continue an episode after a turn
-    (:meth:`~textgym.tasks.base.Task.followup`): the turn is scored (reward
-    at its last token), then the prompt part of the observation is replaced
-    by the next turn's prompt and the answer part starts empty; ``info`` of
-    that step has ``turn``, ``turn_text``, ``turn_metrics`` and the new
-    prompt.  The episode's rewards sum to the sum of its turn scores; the
-    final ``info["metrics"]`` are the means over turns.
+    A task with ``max_turns > 1`` may continue an episode after an answer
+    (:meth:`~textgym.tasks.base.Task.next_turn`).  A turn ends on EOS or after
+    ``max_new_tokens`` tokens of that turn; it is scored (reward at its last
+    token, by the task's ``turn_rewards``: ``"sum"``, the turn's score, or
+    ``"final"``, the change from the previous turn's score, so the episode's
+    return is the last turn's score).  When the episode goes on, the env's
+    message is appended to the observation right after the answer (the
+    conversation grows: ``[prompt | answer 1 | reply 1 | answer 2 ...]``, the
+    answers exactly as emitted) and ``info`` of that step has ``turn``,
+    ``turn_text``, ``turn_metrics``, ``turn_score``, ``reply_ids`` (exactly the
+    tokens appended), ``reply_text``, ``prompt`` (the message) and
+    ``references``.  The final ``info`` adds ``turns``, ``turn_texts`` and
+    ``turn_scores``; its ``metrics`` are the means over turns (``"sum"``) or the
+    last turn's (``"final"``).  An episode that still had turns left when the
+    step limit cut it is ``truncated``.
 
     ## Episode End
-    ``terminated``: the agent emitted EOS.  ``truncated``: ``max_new_tokens``
-    tokens were written.  In both cases the text has been scored and the
+    ``terminated``: the agent emitted EOS (ending the last turn).  ``truncated``:
+    ``max_new_tokens`` tokens were written.  In both cases the text has been scored and the
     episode is over: unlike a Gymnasium time limit, there is nothing left to
     bootstrap, so agents should treat truncation as terminal (TextPPO does).
     A Gymnasium ``TimeLimit`` around the env (``gym.make(id,
@@ -101,8 +110,9 @@ class TextEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     ## Arguments
     ``task``: the Task (class, ``"module:Class"`` or instance); ``model``: the
     model alias, path or hub id whose tokenizer the env uses (default
-    ``smollm2-135m-instruct``); ``split``; ``max_new_tokens``;
-    ``max_prompt_tokens``; ``reward`` (metric name, ``{name: weight}`` or a
+    ``smollm2-135m-instruct``); ``split``; ``max_new_tokens`` (per answer);
+    ``max_prompt_tokens``; ``max_reply_tokens`` (multi-turn tasks: the longest
+    message between two answers, default 64); ``reward`` (metric name, ``{name: weight}`` or a
     callable); ``reward_mode``; ``render_mode`` (``"ansi"``);
     ``scoring_workers`` (score text metrics of finished episodes in that many
     worker processes; 0 = in-process); and the task's own keyword arguments.

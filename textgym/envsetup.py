@@ -24,11 +24,15 @@ from textgym.tasks.base import Task
 
 RewardMode = Literal["sparse", "dense"]
 REWARD_MODES = ("sparse", "dense")
+TURN_REWARDS = ("sum", "final")
+#: The assistant answer rendered into the chat template to find what the template puts around it.
+ANSWER_SENTINEL = "TEXTGYM_ANSWER_7f3a"
 ENV_KWARGS = (
     "model",
     "split",
     "max_new_tokens",
     "max_prompt_tokens",
+    "max_reply_tokens",
     "reward",
     "reward_mode",
     "render_mode",
@@ -88,8 +92,10 @@ class EnvSetup:
 
     Its keyword arguments are the env settings every TextEnv/TextVectorEnv
     takes: ``model`` (alias, path or hub id of the tokenizer's model),
-    ``split``, ``max_new_tokens``, ``max_prompt_tokens``, ``reward``,
-    ``reward_mode``, ``scoring_workers``; the rest go to the task.
+    ``split``, ``max_new_tokens``, ``max_prompt_tokens``, ``max_reply_tokens``
+    (multi-turn tasks only: the longest message the env appends between two
+    answers), ``reward``, ``reward_mode``, ``scoring_workers``; the rest go to
+    the task.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class EnvSetup:
         split: str = "train",
         max_new_tokens: int = 64,
         max_prompt_tokens: int = 256,
+        max_reply_tokens: int = 64,
         reward: RewardSpec | None = None,
         reward_mode: RewardMode = "sparse",
         scoring_workers: int = 0,
@@ -110,10 +117,16 @@ class EnvSetup:
         self.split = check_split(split)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.max_prompt_tokens = _positive_int("max_prompt_tokens", max_prompt_tokens)
+        reply_tokens = _positive_int("max_reply_tokens", max_reply_tokens)
         if reward_mode not in REWARD_MODES:
             raise ConfigError(f"reward_mode must be one of {list(REWARD_MODES)}, got {reward_mode!r}")
         self.reward_mode = reward_mode
         self.task = make_task(task, task_kwargs, owner)
+        self.max_turns, self.turn_rewards = self._check_turns()
+        #: the longest reply between two answers (0 for a single-turn task, which has none)
+        self.max_reply_tokens = reply_tokens if self.max_turns > 1 else 0
+        #: observation columns after the prompt: every answer and every reply
+        self.conversation_tokens = self.max_turns * self.max_new_tokens + (self.max_turns - 1) * self.max_reply_tokens
         self.tokenizer = load_tokenizer(model)
         self.model = model
         self.reward = Reward(
@@ -130,7 +143,7 @@ class EnvSetup:
         self.action_mask = self._check_mask(self.task.action_mask(self.tokenizer))
         self._prompts: dict[int, tuple[np.ndarray, str]] = {}
         self.shard_of: tuple[int, int] | None = None
-        length = self.max_prompt_tokens + self.max_new_tokens
+        length = self.max_prompt_tokens + self.conversation_tokens
         self.observation_space = spaces.Dict(
             {
                 "input_ids": spaces.Box(0, self.vocab_size - 1, (length,), np.int64),
@@ -139,6 +152,26 @@ class EnvSetup:
         )
         self.action_space = spaces.Discrete(self.vocab_size)
         self.encoded_prompt(0)  # an instruction that cannot fit fails here, not mid-training
+        self._reply_template: tuple[list[dict[str, str]], str, str] | None = None
+        if self.max_turns > 1:
+            self._reply_template = self._chat_turn_change()
+            empty = dataclasses.replace(self.samples[0], prompt="")
+            need = len(self._reply_text_ids(empty, False)[0])
+            if need > self.max_reply_tokens:
+                raise ConfigError(f"{self.owner}: max_reply_tokens={self.max_reply_tokens} is too small: the turn change "
+                                  f"alone (an empty message) needs {need} tokens; raise max_reply_tokens")
+
+    def _check_turns(self) -> tuple[int, str]:
+        name = type(self.task).__name__
+        turns = self.task.max_turns
+        if isinstance(turns, bool) or not isinstance(turns, (int, np.integer)) or turns < 1:
+            raise ConfigError(f"{name}.max_turns must be a positive integer (answers per episode), got {turns!r}")
+        if self.task.multi_turn and turns < 2:
+            raise ConfigError(f"{name} says multi_turn = True but max_turns = {turns}: set max_turns, the most "
+                              "answers one episode holds (multi_turn follows from it)")
+        if self.task.turn_rewards not in TURN_REWARDS:
+            raise ConfigError(f"{name}.turn_rewards must be one of {list(TURN_REWARDS)}, got {self.task.turn_rewards!r}")
+        return int(turns), self.task.turn_rewards
 
     def spec(self, env_id: str | None = None) -> TextSpec:
         """The public facts an agent needs (:class:`~textgym.spec.TextSpec`)."""
@@ -156,6 +189,8 @@ class EnvSetup:
             multi_turn=bool(self.task.multi_turn),
             num_samples=len(self.samples),
             main_metric=self.task.main_metric,
+            max_turns=self.max_turns,
+            max_reply_tokens=self.max_reply_tokens,
         )
 
     def _check_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
@@ -234,6 +269,93 @@ class EnvSetup:
                 sample = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
                 ids, text = self._encode(sample)
         return sample, ids, text
+
+    # -- replies (multi-turn) ---------------------------------------------------------------
+    def _uses_chat(self) -> bool:
+        return bool(self.task.chat and getattr(self.tokenizer, "chat_template", None))
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        except Exception as err:  # jinja raises its own errors for conversations a template refuses
+            raise ConfigError(f"{self.owner}: the chat template cannot render a multi-turn conversation "
+                              f"({type(err).__name__}: {err}); use a single-turn task or a model whose template can") from None
+
+    def _chat_turn_change(self) -> tuple[list[dict[str, str]], str, str] | None:
+        """(messages, text up to the answer, that text + the closed answer): the fixed parts of the chat
+        continuation after an answer (None without a chat template).
+
+        The template is rendered with a sentinel answer: the first prompt plus the answer must be a
+        prefix of the prompt closed after the answer, itself a prefix of the prompt with one more
+        user message; a template that rewrites earlier turns (e.g. drops them) is refused.
+        """
+        if not self._uses_chat():
+            return None
+        messages = self.task.messages(self.samples[0])
+        head = self._render(messages, True) + ANSWER_SENTINEL
+        closed = self._render([*messages, {"role": "assistant", "content": ANSWER_SENTINEL}], False)
+        if not closed.startswith(head):
+            raise ConfigError(
+                f"{self.owner}: the chat template is not prefix-stable: the prompt followed by an answer is not how "
+                f"it renders that answer ({closed[-200:]!r}); multi-turn episodes need a template that only appends"
+            )
+        return messages, head, closed
+
+    def _reply_text_ids(self, sample: Sample, answer_ended_with_eos: bool) -> tuple[list[int], str]:
+        if self._reply_template is None:
+            text = self.task.format_reply(sample)
+        else:
+            messages, head, closed = self._reply_template
+            full = self._render([*messages, {"role": "assistant", "content": ANSWER_SENTINEL},
+                                 {"role": "user", "content": sample.prompt}], True)
+            if not full.startswith(closed):
+                raise ConfigError(
+                    f"{self.owner}: the chat template is not prefix-stable: adding a user message after an answer "
+                    f"changes what came before ({full[len(head) - 100:len(closed) + 100]!r})"
+                )
+            text = full[len(head):]
+            eos = self.tokenizer.eos_token
+            if answer_ended_with_eos and eos and text.startswith(eos):
+                text = text[len(eos):]  # the agent's EOS already closed its turn
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+    def fit_reply(self, sample: Sample, answer_ended_with_eos: bool) -> tuple[Sample, np.ndarray, str]:
+        """(the message as sent, its tokens, their text): :meth:`reply_ids` and the sample whose
+        ``prompt`` is the message, cut on the right until the reply fits ``max_reply_tokens``."""
+        ids, text = self._reply_text_ids(sample, answer_ended_with_eos)
+        budget = self.max_reply_tokens
+        data = self.tokenizer(sample.prompt, add_special_tokens=False)["input_ids"] if len(ids) > budget else []
+        while len(ids) > budget:
+            if not data:
+                raise ConfigError(f"{self.owner}: max_reply_tokens={budget} is too small for the turn change of "
+                                  f"sample {sample.id!r} ({len(ids)} tokens with an empty message)")
+            data = data[: max(0, len(data) - (len(ids) - budget) - 1)]
+            sample = dataclasses.replace(sample, prompt=self.tokenizer.decode(data))
+            ids, text = self._reply_text_ids(sample, answer_ended_with_eos)
+        return sample, np.asarray(ids, dtype=np.int64), text
+
+    def reply_ids(self, sample: Sample, answer_ended_with_eos: bool) -> tuple[np.ndarray, str]:
+        """The tokens the env appends after an answer to say ``sample.prompt``, and their text.
+
+        With a chat template: the template's continuation after the assistant's answer, i.e. the
+        end of the assistant's turn (left out when the answer ended with the EOS token and the
+        template closes a turn with it, as SmolLM2's ``<|im_end|>``; kept when the answer was cut
+        at ``max_new_tokens``), the user turn holding the message, and the generation prompt.
+        Without one: :meth:`~textgym.tasks.base.Task.format_reply`.  The message (never the
+        template) is cut on the right so that the whole fits ``max_reply_tokens``.
+
+        Example:
+            >>> import gymnasium as gym, textgym
+            >>> from textgym import Sample
+            >>> setup = gym.make("textgym/GuessNumber-v0", model="tiny-random").unwrapped.setup
+            >>> ids, text = setup.reply_ids(Sample("s", "higher", ("7",)), answer_ended_with_eos=False)
+            >>> text
+            '<|im_end|>\\n<|im_start|>user\\nhigher<|im_end|>\\n<|im_start|>assistant\\n'
+            >>> setup.reply_ids(Sample("s", "higher", ("7",)), answer_ended_with_eos=True)[1][:3]
+            '\\n<|'
+        """
+        _, ids, text = self.fit_reply(sample, answer_ended_with_eos)
+        return ids, text
 
     def draw(self, rng: np.random.Generator, options: dict[str, Any] | None) -> int:
         """Index of the next sample: random from ``rng``, or chosen by ``options``.

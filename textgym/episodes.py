@@ -2,16 +2,22 @@
 
 State of N episodes lives in arrays; a step writes one column, compares with
 EOS and the length limit in numpy, and decodes and scores only the episodes
-that finished (all of them together, in one reward call).
+whose turn finished (all of them together, in one reward call).
 
 Observation layout, fixed for every env of one configuration::
 
-    input_ids:      [ pad ... pad  prompt tokens | gen_0 gen_1 ... pad ... ]
-                    <------ max_prompt_tokens ----><--- max_new_tokens --->
-    attention_mask:   0 ...  0      1 ...   1    |  1     1   ...  0 ...
+    input_ids:      [ pad ... pad  prompt tokens | answer 1 | reply 1 | answer 2 | ... pad ... ]
+                    <------ max_prompt_tokens ----><-------- conversation_tokens -------------->
+    attention_mask:   0 ...  0      1 ...   1    |  1 ...   |  1 ...  |  1 ...   | 0 ...
 
-The prompt is left-padded so generated token ``t`` of every slot sits in
-column ``max_prompt_tokens + t``: a batched policy can keep one KV cache.
+The prompt is left-padded so the conversation of every slot starts in column
+``max_prompt_tokens``: a batched policy can keep one KV cache.  A single-turn
+episode has one answer (``conversation_tokens = max_new_tokens``).  In a
+multi-turn episode the conversation grows: each answer exactly as the agent
+emitted it (at most ``max_new_tokens``), then the env's reply (the tokens of
+:meth:`~textgym.envsetup.EnvSetup.reply_ids`, at most ``max_reply_tokens``),
+then the next answer; ``conversation_tokens = max_turns * max_new_tokens +
+(max_turns - 1) * max_reply_tokens`` holds the longest episode.
 
 ``step_limit`` (None: off) ends an episode after that many steps in all (over
 every turn of a multi-turn episode), scored and ``truncated``, like the end at
@@ -55,33 +61,34 @@ class Episodes:
         self.n = n
         self.P = setup.max_prompt_tokens
         self.T = setup.max_new_tokens
-        self.ids = np.full((n, self.P + self.T), setup.pad_id, dtype=np.int64)
-        self.mask = np.zeros((n, self.P + self.T), dtype=np.int64)
-        self.gen_len = np.zeros(n, dtype=np.int64)
+        self.C = setup.conversation_tokens
+        self.ids = np.full((n, self.P + self.C), setup.pad_id, dtype=np.int64)
+        self.mask = np.zeros((n, self.P + self.C), dtype=np.int64)
+        self.gen_len = np.zeros(n, dtype=np.int64)  # conversation columns in use (answers and replies)
+        self.turn_start = np.zeros(n, dtype=np.int64)  # conversation column where the current answer began
         self.steps = np.zeros(n, dtype=np.int64)  # steps of the episode so far, every turn
         self.step_limit: int | None = None
         self.running = np.zeros(n, dtype=bool)  # inside an episode (reset, not yet ended)
         self.started = np.zeros(n, dtype=bool)  # reset at least once
         self.index = np.zeros(n, dtype=np.int64)  # sample index per slot
-        self.score = np.zeros(n, dtype=np.float64)  # running score (dense mode)
+        # the score already paid out in rewards: of the text so far (dense), or of the previous turn ("final")
+        self.score = np.zeros(n, dtype=np.float64)
         self.final_text: list[str | None] = [None] * n
-        # multi-turn: the current turn's sample, and the finished turns' texts and metrics
+        # multi-turn: the current turn's sample, and the finished turns' texts and results (score, metrics, details)
         self.turn_sample: list[Sample | None] = [None] * n
         self.responses: list[list[str]] = [[] for _ in range(n)]
-        self.turn_metrics: list[list[dict[str, float]]] = [[] for _ in range(n)]
+        self.results: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self.replies: list[list[str]] = [[] for _ in range(n)]  # the messages sent between answers
 
     # -- reset ----------------------------------------------------------------
-    def _write_prompt(self, slot: int, prompt: np.ndarray) -> None:
+    def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
+        prompt, text = self.setup.encoded_prompt(index)
         self.ids[slot] = self.setup.pad_id
         self.mask[slot] = 0
         self.ids[slot, self.P - len(prompt) : self.P] = prompt
         self.mask[slot, self.P - len(prompt) : self.P] = 1
-        self.gen_len[slot] = 0
+        self.gen_len[slot] = self.turn_start[slot] = 0
         self.score[slot] = 0.0
-
-    def reset_slot(self, slot: int, index: int, with_mask: bool = True) -> dict[str, Any]:
-        prompt, text = self.setup.encoded_prompt(index)
-        self._write_prompt(slot, prompt)
         self.steps[slot] = 0
         self.running[slot] = True
         self.started[slot] = True
@@ -90,7 +97,8 @@ class Episodes:
         sample = self.setup.samples[index]
         self.turn_sample[slot] = sample
         self.responses[slot] = []
-        self.turn_metrics[slot] = []
+        self.results[slot] = []
+        self.replies[slot] = []
         info: dict[str, Any] = {
             "sample_id": sample.id,
             "prompt": sample.prompt,
@@ -101,43 +109,56 @@ class Episodes:
             info["action_mask"] = self.setup.action_mask.copy()
         return info
 
-    def _next_turn(self, slot: int, text: str, metrics: dict[str, float], cut: bool) -> dict[str, Any] | None:
-        """Start the next turn of a multi-turn episode; None when the episode is over.
+    def _end_turn(self, slot: int, text: str, score: float, metrics: dict[str, float], details: dict[str, Any],
+                  eos: bool, cut: bool) -> tuple[dict[str, Any] | None, bool]:
+        """Record a finished turn of a multi-turn episode and start the next one.
 
-        ``cut``: the step limit was reached, so no turn follows.
+        Returns (the info of a turn that goes on, None when the episode is over; whether turns
+        were left, i.e. the step limit or the room cut the episode short).
         """
         self.responses[slot].append(text)
-        self.turn_metrics[slot].append(metrics)
-        if cut:
-            return None
-        following = self.setup.task.followup(self.turn_sample[slot], list(self.responses[slot]))
+        self.results[slot].append({"score": score, "metrics": metrics, **details})
+        if self.setup.turn_rewards == "sum":
+            self.score[slot] = 0.0  # the next turn is paid from zero; "final": from this turn's score
+        if len(self.responses[slot]) >= self.setup.max_turns:
+            return None, False
+        task = self.setup.task
+        following = task.next_turn(self.turn_sample[slot], list(self.responses[slot]), list(self.results[slot]))
         if following is None:
-            return None
-        prompt, prompt_text = self.setup.encode_sample(following)
-        self._write_prompt(slot, prompt)
+            return None, False
+        if cut:
+            return None, True
+        following, reply, reply_text = self.setup.fit_reply(following, eos)
+        start = self.P + self.gen_len[slot]
+        if self.gen_len[slot] + len(reply) >= self.C:  # no room for the reply and one answer token
+            return None, True
+        self.ids[slot, start : start + len(reply)] = reply
+        self.mask[slot, start : start + len(reply)] = 1
+        self.gen_len[slot] += len(reply)
+        self.turn_start[slot] = self.gen_len[slot]
         self.turn_sample[slot] = following
+        self.replies[slot].append(following.prompt)
         return {
             "turn": len(self.responses[slot]),
             "turn_text": text,
             "turn_metrics": metrics,
+            "turn_score": score,
+            "reply_ids": reply.tolist(),
+            "reply_text": reply_text,
             "prompt": following.prompt,
-            "prompt_text": prompt_text,
-            "references": self.setup.task.public_references(following),
-        }
-
-    def _more_turns(self, slot: int) -> bool:
-        """Whether the task would have gone on after the turn just finished (the step limit cut it)."""
-        return self.setup.task.followup(self.turn_sample[slot], list(self.responses[slot])) is not None
+            "references": task.public_references(following),
+            **details,
+        }, False
 
     # -- observations -----------------------------------------------------------
     def obs(self, rows: Any = slice(None)) -> dict[str, np.ndarray]:
         return {"input_ids": self.ids[rows].copy(), "attention_mask": self.mask[rows].copy()}
 
     def texts(self, rows: np.ndarray) -> list[str]:
-        """Generated text of each row, without the EOS that ended it."""
+        """Text of each row's current answer, without the EOS that ended it."""
         seqs = []
         for r in rows:
-            toks = self.ids[r, self.P : self.P + self.gen_len[r]]
+            toks = self.ids[r, self.P + self.turn_start[r] : self.P + self.gen_len[r]]
             if len(toks) and toks[-1] == self.setup.eos_id:
                 toks = toks[:-1]
             seqs.append(toks.tolist())
@@ -158,8 +179,9 @@ class Episodes:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
         """Advance ``rows`` by one token each.
 
-        Returns rewards, terminated and truncated for ``rows`` and the final
-        info of every row that ended, keyed by slot.
+        Returns rewards, terminated and truncated for ``rows`` and the info of
+        every row whose turn ended, keyed by slot: the final info when the
+        episode ended, the next turn's info when it goes on.
         """
         cols = self.P + self.gen_len[rows]
         self.ids[rows, cols] = actions
@@ -168,7 +190,8 @@ class Episodes:
         self.steps[rows] += 1
         terminated = actions == self.setup.eos_id
         cut = np.zeros(len(rows), dtype=bool) if self.step_limit is None else self.steps[rows] >= self.step_limit
-        truncated = ((self.gen_len[rows] >= self.T) | cut) & ~terminated
+        full = (self.gen_len[rows] - self.turn_start[rows] >= self.T) | (self.gen_len[rows] >= self.C)
+        truncated = (full | cut) & ~terminated
         done = terminated | truncated
         rewards = np.zeros(len(rows), dtype=np.float64)
         finals: dict[int, dict[str, Any]] = {}
@@ -179,27 +202,27 @@ class Episodes:
             texts = self.texts(slots)
             samples = [self.turn_sample[slot] for slot in slots]
             out = self.setup.reward(texts, samples)
-            if dense:
-                rewards[scored] = out.scores - self.score[slots]
-                self.score[slots] = out.scores
-            else:
-                rewards[scored] = out.scores
-            multi_turn = self.setup.task.multi_turn
+            rewards[scored] = out.scores - self.score[slots]
+            self.score[slots] = out.scores
+            multi_turn = self.setup.max_turns > 1
             for k, (j, slot) in enumerate(zip(scored, slots)):
                 if not done[j]:
                     continue
                 metrics = {name: float(v[k]) for name, v in out.metrics.items()}
                 details = out.details[k] if out.details is not None else {}
                 if multi_turn:
-                    turn_info = self._next_turn(int(slot), texts[k], metrics, bool(cut[j]))
+                    score = float(out.scores[k])
+                    turn_info, short = self._end_turn(int(slot), texts[k], score, metrics, details,
+                                                      bool(terminated[j]), bool(cut[j]))
                     if turn_info is not None:  # the episode goes on with the next turn
                         terminated[j] = truncated[j] = False
-                        finals[int(slot)] = {**turn_info, **details}
+                        finals[int(slot)] = turn_info
                         continue
-                    if cut[j] and self._more_turns(int(slot)):
-                        terminated[j], truncated[j] = False, True  # cut short by the step limit
-                    turns = self.turn_metrics[slot]
-                    metrics = {name: float(np.mean([m[name] for m in turns])) for name in metrics}
+                    if short:
+                        terminated[j], truncated[j] = False, True  # turns were left: cut by the step limit or room
+                    if self.setup.turn_rewards == "sum":  # "final": the last turn's metrics, as they are
+                        results = self.results[slot]
+                        metrics = {name: float(np.mean([r["metrics"][name] for r in results])) for name in metrics}
                 self.running[slot] = False
                 self.final_text[slot] = texts[k]
                 first = self.setup.samples[self.index[slot]]
@@ -208,21 +231,30 @@ class Episodes:
                     "prompt": samples[k].prompt,
                     "references": self.setup.task.public_references(samples[k]),
                     "generated_text": texts[k],
-                    "generated_tokens": int(self.gen_len[slot]),
+                    "generated_tokens": int(self.gen_len[slot] - self.turn_start[slot]),
                     "metrics": metrics,
-                    **({"turns": len(self.turn_metrics[slot]), "turn_texts": list(self.responses[slot])} if multi_turn else {}),
+                    **(self._turns_info(int(slot)) if multi_turn else {}),
                     **details,
                 }
         return rewards, terminated, truncated, finals
 
+    def _turns_info(self, slot: int) -> dict[str, Any]:
+        return {
+            "turns": len(self.responses[slot]),
+            "turn_texts": list(self.responses[slot]),
+            "turn_scores": [r["score"] for r in self.results[slot]],
+        }
+
     def render(self, slot: int) -> str:
+        first = self.setup.samples[self.index[slot]]
         sample = self.turn_sample[slot]
         text = self.final_text[slot]
         if text is None:
             text = self.texts(np.array([slot]))[0]
-        lines = [
-            f"[{sample.id}] prompt: {sample.prompt}",
-            f"output ({self.gen_len[slot]}/{self.T} tokens): {text}",
-        ]
+        lines = [f"[{first.id}] prompt: {first.prompt}"]
+        for k, (answer, reply) in enumerate(zip(self.responses[slot], self.replies[slot]), start=1):
+            lines += [f"answer {k}: {answer}", f"reply {k}: {reply}"]
+        length = self.gen_len[slot] - self.turn_start[slot]
+        lines.append(f"output ({length}/{self.T} tokens): {text}")
         lines += [f"reference: {ref}" for ref in sample.references[:3]]
         return "\n".join(lines) + "\n"

@@ -12,6 +12,12 @@ Autoreset follows Gymnasium (``metadata["autoreset_mode"]``):
   observation and info are in ``infos["final_obs"]`` / ``infos["final_info"]``
   (what Stable-Baselines3's VecEnv expects);
 * ``"Disabled"``: finished slots wait for ``reset(options={"reset_mask": m})``.
+
+Multi-turn tasks: a slot whose turn ended and whose episode goes on is neither
+terminated nor truncated; that step's infos carry its turn keys (``turn``,
+``reply_ids`` ... with their ``_turn`` masks) and its observation row already
+holds the env's reply.  Slots answer and reply at their own pace, so their
+conversations have different lengths: read them from ``attention_mask``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ whole response string: for agents that produce full texts (zero-shot
 language models, API models, humans).  The string is tokenized with the
 env's tokenizer, cut to ``max_new_tokens`` and played token by token, so the
 reward and ``info`` are exactly the token-level env's.  One step is one
-episode, or, in a multi-turn task, one turn.
+episode, or, in a multi-turn task, one turn (one answer).
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ class SequenceLevel(gym.Wrapper):
     """One step per answer: the action is the complete answer, as text or as token ids.
 
     A single-turn episode is one step.  In a multi-turn task (e.g.
-    ``Dialogue-v0`` with ``turns=k``) each step answers one turn: it returns
-    that turn's reward, the next turn's observation and the token-level env's
-    info of the turn's last token (``turn``, ``turn_text``, ``turn_metrics``
-    and the next ``prompt``); the step of the last turn ends the episode with
-    the final info (``metrics`` are the means over turns).  The rewards of an
-    episode sum to the token-level env's.
+    ``Dialogue-v0`` with ``turns=k``, ``GuessNumber-v0``) each step answers one
+    turn: it returns that turn's reward, the observation with the env's reply
+    appended (the conversation so far) and the token-level env's info of the
+    turn's last token (``turn``, ``turn_text``, ``turn_metrics``,
+    ``turn_score``, ``reply_ids``, ``reply_text`` and the message as
+    ``prompt``); the step of the last turn ends the episode with the final info
+    (``turns``, ``turn_texts``, ``turn_scores``).  The rewards of an episode sum
+    to the token-level env's.
 
     Example:
         >>> import gymnasium as gym, textgym

@@ -8,7 +8,7 @@ arguments become ``gym.make`` keyword arguments of the env.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -28,6 +28,7 @@ class Task:
         chat: phrase the prompt with the tokenizer's chat template.
         truncation_side: which side of ``Sample.prompt`` (the data, never the
             instruction) is cut when the prompt exceeds ``max_prompt_tokens``.
+        max_turns, turn_rewards: multi-turn episodes (see :meth:`next_turn`).
     """
 
     default_reward: RewardSpec = "chrf"  # a class attribute, or set per instance
@@ -79,20 +80,61 @@ class Task:
         return "\n\n".join(m["content"] for m in messages) + "\n"
 
     # -- multi-turn -------------------------------------------------------------
-    #: True when :meth:`followup` can continue an episode after a turn.
-    multi_turn: bool = False
+    #: The most answers one episode holds; a task with ``max_turns > 1`` is multi-turn and
+    #: continues an episode through :meth:`next_turn` (set it per instance, e.g. from a keyword).
+    max_turns: int = 1
+    #: How a multi-turn episode's turns are rewarded (each turn's score comes at its last token):
+    #: ``"sum"``: the reward of turn k is its score (the episode's return is the sum of the turn
+    #: scores; the final ``info["metrics"]`` are the means over turns); ``"final"``: the reward of
+    #: turn k is ``score_k - score_{k-1}`` (``score_0 = 0``), so the return is the LAST turn's score
+    #: (tasks where each answer is a new attempt at one problem; ``info["metrics"]`` are the last turn's).
+    turn_rewards: ClassVar[Literal["sum", "final"]] = "sum"
+
+    @property
+    def multi_turn(self) -> bool:
+        """True when an episode may go on after its first answer (``max_turns > 1``)."""
+        return self.max_turns > 1
 
     def followup(self, sample: Sample, responses: Sequence[str]) -> Sample | None:
-        """The next turn of a multi-turn episode, or None when the episode is over.
+        """The environment's next message in a multi-turn episode, or None when the episode is over.
 
-        ``sample`` is the turn that just ended, ``responses`` the agent's
-        answers so far (one per turn).  The returned Sample is a turn like any
-        other: its prompt is re-encoded (the observation's prompt part is
-        replaced, the generated part starts empty) and the agent's next
-        answer is scored against its references.  Set ``multi_turn = True``
-        when overriding.
+        ``sample`` is the turn that just ended, ``responses`` the agent's answers so far (one per
+        turn).  The returned Sample's ``prompt`` is the message the environment says next (the
+        user's turn after the agent's answer: :meth:`format_reply`, or the chat template, shapes
+        it), and its ``references`` score the agent's next answer.  The conversation grows: the
+        observation keeps the first prompt, every answer as the agent wrote it and every message.
+        Called by :meth:`next_turn` (override that one to see the turns' scores); at most
+        ``max_turns`` answers are asked for, whatever this returns.
+
+        Example (a task that asks for the same words again, reversed)::
+
+            def followup(self, sample, responses):
+                words = " ".join(reversed(sample.references[0].split()))
+                return Sample(sample.id, f"Now reversed: {sample.prompt}", (words,))
         """
         return None
+
+    def next_turn(
+        self, sample: Sample, responses: Sequence[str], results: Sequence[Mapping[str, Any]]
+    ) -> Sample | None:
+        """The environment's next message, seeing how every finished turn scored (default: :meth:`followup`).
+
+        ``results`` holds one dict per finished turn, in order: ``"score"`` (the reward's score
+        of that answer), ``"metrics"`` (every metric) and the reward's details of that answer
+        (e.g. the code reward's ``"execution"``: status, tests passed, the failure).  Same
+        return value as :meth:`followup`.
+        """
+        return self.followup(sample, responses)
+
+    def format_reply(self, sample: Sample) -> str:
+        """The text appended after an answer for the message ``sample.prompt`` when the prompt has no
+        chat template (with one, the template's own turn change is used).
+
+        Example:
+            >>> Task().format_reply(Sample("s", "higher", ("7",)))
+            '\\n\\nhigher\\n'
+        """
+        return "\n\n" + sample.prompt + "\n"
 
     def public_references(self, sample: Sample) -> list[str]:
         """The references an agent may see in ``info["references"]`` (all of them by default;

@@ -14,6 +14,17 @@ takes JSONL/CSV in the same schema (``task_id``, ``prompt``,
   bug (:mod:`textgym.tasks.mutants`, seeded; only mutants that fail the tests
   are kept, cached on disk); the agent writes the whole fixed function.
 
+Execution feedback (``feedback_turns=k``, default 0 = single-turn): after an
+attempt that fails some test, the env replies what a developer would see --
+how many tests passed and the first failure (the error's type and message, or
+for a failed assert only that it failed: the assert itself and its message can
+hold the hidden tests' expected values, so they are shown only with
+``expose_solutions=True``), at most :data:`FEEDBACK_CHARS` characters -- and
+the agent answers again, up to k more times.  An attempt that passes every
+test ends the episode.  ``turn_rewards = "final"``: the episode's return is
+the final attempt's score; ``info["turn_scores"]`` holds every attempt's.
+``textgym/CodeRepairFeedback-v0`` is CodeRepair with ``feedback_turns=2``.
+
 Reward: :class:`~textgym.rewards.execution.ExecutionReward` -- the fraction of
 asserts that pass (``reward="all_pass"`` for strict 0/1); the final ``info``
 holds ``info["execution"]`` (status, passed, total, first_failure, reason;
@@ -52,6 +63,11 @@ from textgym.tasks.mutants import mutants
 CODE_FIELDS = ("canonical_solution", "test", "entry_point")
 Mode = Literal["generation", "completion", "repair"]
 MUTANT_VERSION = 1
+#: The longest description of a failure in an execution-feedback message (characters).
+FEEDBACK_CHARS = 300
+#: The first line of every feedback message (first: a message cut to ``max_reply_tokens`` loses the failure's end).
+FEEDBACK_REQUEST = ("That attempt fails the tests. Reply with the whole corrected function in one ```python block, "
+                    "without tests or explanations.")
 _MUTANT_MEMO: dict[str, dict[str, dict[str, Any]]] = {}
 
 
@@ -141,13 +157,62 @@ def failing_mutants(samples: Sequence[Sample], seed: int = 0, max_tries: int = 8
 
 
 # -- tasks -----------------------------------------------------------------------------------
+def _clip(text: str, limit: int = FEEDBACK_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def feedback_message(result: Mapping[str, Any], expose_solutions: bool = False) -> str:
+    """What a developer would see after a failed attempt, from one turn's result (``Task.next_turn``).
+
+    Uses the reward's ``execution`` details as the env reports them (see
+    :func:`textgym.rewards.execution.execution_info`): without ``expose_solutions``
+    a failed assert is only named, never shown.  The message is :data:`FEEDBACK_REQUEST`,
+    then the failure in at most :data:`FEEDBACK_CHARS` characters.
+
+    Example:
+        >>> execution = {"status": "error", "passed": 1, "total": 3, "first_failure": "",
+        ...              "reason": "ZeroDivisionError: division by zero"}
+        >>> feedback_message({"score": 1 / 3, "metrics": {}, "execution": execution}).splitlines()[1]
+        '1 of 3 tests passed. The first failing test raised ZeroDivisionError: division by zero.'
+    """
+    execution = result.get("execution")
+    if not isinstance(execution, Mapping):
+        failure = f"Your answer scored {float(result['score']):.2f} of 1."
+    else:
+        status, reason = execution["status"], execution["reason"]
+        tests = f"{execution['passed']} of {execution['total']} tests passed. " if execution["total"] else ""
+        if status == "no_code":
+            failure = "Your answer held no Python code."
+        elif status == "syntax_error":
+            failure = f"The code does not compile: {reason}."
+        elif status in ("timeout", "memory_limit", "output_limit"):
+            what = {"timeout": "ran out of time (an endless loop, or far too slow)", "memory_limit": "ran out of memory",
+                    "output_limit": "printed too much output"}[status]
+            failure = f"{tests}The code {what}."
+        elif status in ("assertion_failure", "error") and expose_solutions and execution["first_failure"]:
+            failure = f"{tests}The first failing test: {execution['first_failure']} ({reason})."
+        elif status == "assertion_failure":
+            failure = f"{tests}The first failing test's assertion failed: a wrong result."
+        elif status == "error":  # the candidate's own exception: its message shows no expected value
+            failure = f"{tests}The first failing test raised {reason}."
+        else:  # crash, test_error, or an "ok" run that still scored below 1 (e.g. no test unit)
+            failure = f"{tests}The tests did not pass ({status}{': ' + reason if reason else ''})."
+    return f"{FEEDBACK_REQUEST}\n{_clip(failure)}"
+
+
 class CodeTask(Task):
-    """Shared data loading, sandbox settings and reward of the three code tasks."""
+    """Shared data loading, sandbox settings, reward and execution feedback of the three code tasks.
+
+    ``feedback_turns=k``: up to k more attempts after failing ones, each told what failed
+    (:func:`feedback_message`); the return is the final attempt's score (``turn_rewards = "final"``).
+    """
 
     mode: ClassVar[Mode] = "generation"
     info_metrics = ()  # pass_rate / all_pass come with the default reward's own output
     main_metric = "pass_rate"
     truncation_side = "left"
+    turn_rewards = "final"
 
     def __init__(
         self,
@@ -162,10 +227,15 @@ class CodeTask(Task):
         strict: bool = False,
         on_bad_row: str = "raise",
         expose_solutions: bool = False,
+        feedback_turns: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(expose_solutions, bool):
             raise ConfigError(f"expose_solutions must be True or False, got {expose_solutions!r}")
+        if isinstance(feedback_turns, bool) or not isinstance(feedback_turns, int) or feedback_turns < 0:
+            raise ConfigError(f"feedback_turns must be an integer >= 0 (attempts after the first), got {feedback_turns!r}")
+        self.feedback_turns = feedback_turns
+        self.max_turns = feedback_turns + 1
         #: show the canonical solution (``info["references"]``) and the failing test with its
         #: expected values (``info["execution"]``) to the agent: for debugging, never for training
         self.expose_solutions = expose_solutions
@@ -196,6 +266,18 @@ class CodeTask(Task):
     def public_references(self, sample: Sample) -> list[str]:
         """None: a canonical solution in ``info`` would hand the agent the answer (``expose_solutions=True`` shows it)."""
         return list(sample.references) if self.expose_solutions else []
+
+    def next_turn(
+        self, sample: Sample, responses: Sequence[str], results: Sequence[Mapping[str, Any]]
+    ) -> Sample | None:
+        """After a failed attempt, the feedback (:func:`feedback_message`) and the same problem again;
+        None once an attempt passed every test or ``feedback_turns`` attempts followed the first."""
+        last = results[-1]
+        passed = last["metrics"].get("all_pass", float(last["score"] >= 1.0))
+        if passed >= 1.0 or len(responses) > self.feedback_turns:
+            return None
+        return Sample(sample.id, feedback_message(last, self.expose_solutions), sample.references,
+                      {**sample.meta, "attempt": len(responses) + 1})
 
     def problems(self, split: str) -> list[Sample]:
         """The problems of a split, before the task shapes them."""

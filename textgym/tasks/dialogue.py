@@ -21,12 +21,15 @@ or give ``{"train": path, "test": path}``.
 
 Long contexts are cut on the left: the latest turns are kept.
 
-Multi-turn mode (``turns=k``): one episode is k agent turns.  After each
-agent turn, its answer and the corpus's real next turn of the other person
-are appended to the context (the last ``context_turns`` turns are shown) and
-the agent answers again; each answer is scored against the real turn at its
-position, with the reward at the answer's last token (the episode's return
-is the sum over its turns; the final ``info["metrics"]`` are the means).
+Multi-turn mode (``turns=k``): one episode is k agent turns, one
+conversation that grows.  After each agent answer the other person's real
+next turn from the corpus is the env's reply (a user turn of the chat
+template, or ``"\nFriend: ...\nYou:"`` in the plain transcript) and the agent
+answers again; each answer is scored against the real turn at its position,
+with the reward at the answer's last token (the episode's return is the sum
+over its turns; the final ``info["metrics"]`` are the means).
+``context_turns`` shapes only the first prompt: later turns keep the whole
+conversation so far (the agent's own answers, not the corpus's, in between).
 Only turns with k agent turns left in their conversation start an episode.
 :class:`~textgym.wrappers.SequenceLevel` plays such an episode one turn (one
 answer string) per step.
@@ -200,8 +203,7 @@ class DialogueTask(Task):
         if unknown:
             raise ConfigError(f"fields has unknown keys {sorted(unknown)}; allowed: {sorted(DIALOGUE_FIELDS)}")
         self.context_turns = context_turns
-        self.n_turns = turns
-        self.multi_turn = turns > 1
+        self.max_turns = turns
         self._by_id: dict[str, tuple[str, ...]] = {}
         self.system_prompt = system_prompt
         self.data_files = data_files
@@ -226,6 +228,10 @@ class DialogueTask(Task):
         lines = [f"{names[m['role']]}: {m['content']}" for m in self.turns(sample)]
         head = f"{self.system_prompt}\n\n" if self.system_prompt else ""
         return head + "\n".join(lines) + "\nYou:"
+
+    def format_reply(self, sample: Sample) -> str:
+        """The other person's next turn in the plain transcript (no chat template): ``"\\nFriend: ...\\nYou:"``."""
+        return f"\nFriend: {sample.prompt}\nYou:"
 
     # -- data -------------------------------------------------------------------
     def _conversations(self, split: str) -> list[Conversation]:
@@ -252,22 +258,18 @@ class DialogueTask(Task):
         if not self.multi_turn:
             return samples
         self._by_id.update(conversations)
-        need = 2 * (self.n_turns - 1)  # the real turns of both people until the last agent turn
+        need = 2 * (self.max_turns - 1)  # the real turns of both people until the last agent turn
         return [s for s in samples if s.meta["turn"] + need < len(self._by_id[s.meta["conversation"]])]
 
     def followup(self, sample: Sample, responses: Sequence[str]) -> Sample | None:
-        """Next agent turn: the context plus the agent's answer and the other person's real reply."""
-        if len(responses) >= self.n_turns:
-            return None
+        """The other person's real reply to the agent's answer (the message), to be answered as the real turn after it."""
         cid, i = sample.meta["conversation"], sample.meta["turn"]
         turns = self._by_id[cid]
-        if i + 2 >= len(turns):
+        if len(responses) >= self.max_turns or i + 2 >= len(turns):
             return None
-        answer = " ".join(responses[-1].split()) or "..."  # one line, never empty: lines are the turns
-        lines = [line for line in sample.prompt.split("\n") if line.strip()] + [answer, turns[i + 1]]
         return Sample(
             id=f"{cid}:{i + 2}",
-            prompt="\n".join(lines[-self.context_turns :]),
+            prompt=turns[i + 1],
             references=(turns[i + 2],),
             meta={"conversation": cid, "turn": i + 2},
         )
