@@ -99,14 +99,15 @@ class LMAgent:
         self._policies: dict[Any, Any] = {}
 
     def respond(self, obs: dict[str, np.ndarray], infos: dict[str, Any], spec: TextSpec) -> np.ndarray:
-        """Every slot's answer from the agents' KV-cached decoding loop (the env's action mask applied)."""
-        import torch
+        """Every slot's answer from the agents' KV-cached decoding loop (the env's action mask applied).
 
-        from agents.common.decoding import complete
+        The context is each slot's real tokens: the prompt, and in a multi-turn episode the conversation so far.
+        """
+        from agents.common.decoding import complete, left_pad
 
-        cols = spec.max_prompt_tokens
-        rows = complete(self._policy(spec.vocab_size, spec.action_mask), torch.as_tensor(obs["input_ids"][:, :cols]),
-                        torch.as_tensor(obs["attention_mask"][:, :cols]), spec.max_new_tokens, spec.eos_id,
+        context = [ids[mask.astype(bool)].tolist() for ids, mask in zip(obs["input_ids"], obs["attention_mask"])]
+        ids, mask = left_pad(context, spec.pad_id)
+        rows = complete(self._policy(spec.vocab_size, spec.action_mask), ids, mask, spec.max_new_tokens, spec.eos_id,
                         generator=self._sampling, deterministic=self.greedy)  # fmt: skip
         out = np.full((len(rows), spec.max_new_tokens), spec.eos_id, dtype=np.int64)
         for i, row in enumerate(rows):

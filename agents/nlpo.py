@@ -119,17 +119,18 @@ class NLPOPolicy(LMPolicy):
         return logits if self._support is None else logits.masked_fill(~self._support, float("-inf"))
 
     def decode_step(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None,
+        take: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """LMPolicy's step, with the masking LM run on the same columns with its own KV cache: the cache is
         the pair (policy's, masking LM's) and the logits are -inf outside the masking policy's nucleus."""
         if not self.restricting:
-            return super().decode_step(ids, attention_mask, positions, past)
+            return super().decode_step(ids, attention_mask, positions, past, take)
         own, theirs = past if past is not None else (None, None)
         with self.swapped_lm(self.mask_lm):
-            mask_logits, theirs, _ = super().decode_step(ids, attention_mask, positions, theirs)
+            mask_logits, theirs, _ = super().decode_step(ids, attention_mask, positions, theirs, take)
         with self._restricted(self.support(mask_logits)):
-            logits, own, hidden = super().decode_step(ids, attention_mask, positions, own)
+            logits, own, hidden = super().decode_step(ids, attention_mask, positions, own, take)
         return logits, (own, theirs), hidden
 
     def sequence_forward(

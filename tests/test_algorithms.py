@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -65,32 +63,6 @@ def test_group_algorithms_need_groups(algo: str) -> None:
 
     with pytest.raises(ConfigError, match=r"group_size must be >= 2, got 1"):
         algorithm(algo)("LMPolicy", copy_env(), model="tiny-random", group_size=1)
-
-
-@pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, float]]:
-    """`textgym train textgym/Copy-v0 --model tiny-random --algo X` for every algorithm, no other flag:
-    two at a time (one torch thread each, one core each), each timed on its own."""
-    import os
-    import time
-
-    root = tmp_path_factory.mktemp("cli_runs")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pending, running, done = sorted(ALGORITHMS), {}, {}
-    while pending or running:
-        while pending and len(running) < 2:
-            algo = pending.pop(0)
-            cmd = [sys.executable, "-m", "textgym", "train", "textgym/Copy-v0", "--model", "tiny-random", "--algo", algo,
-                   "--out", str(root / algo)]  # fmt: skip
-            running[algo] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env),
-                             time.perf_counter())  # fmt: skip
-        time.sleep(0.5)
-        for algo, (proc, started) in list(running.items()):
-            if proc.poll() is not None:
-                assert proc.returncode == 0, proc.stderr.read()[-3000:]
-                done[algo] = (root / algo, time.perf_counter() - started)
-                del running[algo]
-    return done
 
 
 @pytest.mark.learning

@@ -19,17 +19,24 @@ from agents.common import persistence
 from agents.common.decoding import complete, encode_prompts, left_pad
 from agents.common.eval_callback import update_end
 
+#: What ``bf16="auto"`` resolves to on each device type: on only where bf16 autocast was measured faster than
+#: fp32 for the default model's TextPPO update, learning included (docs/trainer.md, "bf16", has the figures).
+#: CUDA (an H200): slower at every size measured -- SmolLM2-135M 0.50x (batch 8) and 0.78x (batch 64), a 1.07B
+#: Llama 0.63x (8) and 0.79x (32); these updates are launch-bound and autocast adds a cast kernel per matmul.
+#: CPU (AVX512-BF16/AMX): 1.49x since attention runs in fp32 (:func:`~agents.common.lm.fp32_attention`), but
+#: whether the default configurations learn the same in bf16 has not been measured yet.
+AUTO_BF16: dict[str, bool] = {"cuda": False, "cpu": False}
+
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """The ``bf16`` config field resolved: True/False as given; ``"auto"``: on where bf16 autocast was measured
-    faster than fp32, a CUDA device with bf16 support.  On CPUs, AVX512-BF16/AMX included, it was measured
-    slower for SmolLM2-135M (0.74x per TextPPO update, see benchmarks/README.md), so "auto" keeps them fp32.
+    """The ``bf16`` config field resolved: True/False as given; ``"auto"``: :data:`AUTO_BF16` of the device's
+    type (off where nothing was measured).
 
     >>> use_bf16(True, torch.device("cpu")), use_bf16("auto", torch.device("cpu"))
     (True, False)
     """
     if setting == "auto":
-        return torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return AUTO_BF16.get(torch.device(device).type, False)
     return bool(setting)
 
 

@@ -4,6 +4,11 @@ A :class:`SequenceBatch` holds whole episodes as padded tensors (prompt
 left-padded in columns [0, P), generated tokens in [P, P+T)); the update
 recomputes every token of a row in one forward pass.  Lengths come from the
 attention mask, never from the pad id.
+
+A multi-turn episode is one row too: after the first prompt come the agent's
+answers and the environment's replies, in the order of the conversation.
+``policy_mask`` marks the tokens the policy chose; the environment's tokens are
+context (attended) but enter no loss, no KL and no advantage.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class SequenceBatch:
             value before it, recorded by the rollout (None: recomputed before the update).
         ref_logp, kl: (B, T) the reference's log-probs and the per-token KL estimate, filled by ``prepare``.
         advantages, returns, rewards: filled by the algorithm ((B, T), or (B,) for sequence-level advantages).
+        policy_mask: (B, T) bool, the tokens the policy generated (None: every attended column after the
+            prompt, as in a single-turn episode); a multi-turn row's environment replies are attended, not generated.
+        turn_index: (B, T) long, the turn each column belongs to (0 for the first answer; None: single-turn).
     """
 
     input_ids: torch.Tensor
@@ -45,13 +53,18 @@ class SequenceBatch:
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    policy_mask: torch.Tensor | None = None
+    turn_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
     @property
     def gen_mask(self) -> torch.Tensor:
-        """(B, T) bool: the tokens each sequence really generated (EOS included)."""
+        """(B, T) bool: the tokens each sequence really generated (EOS included; a multi-turn
+        conversation's environment replies excluded)."""
+        if self.policy_mask is not None:
+            return self.policy_mask
         return self.attention_mask[:, self.prompt_len :].bool()
 
     @property

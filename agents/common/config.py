@@ -59,6 +59,9 @@ class OnPolicyConfig:
     unit-variance score train alike)."""
     missing_eos_penalty: float | None = None
     """Subtracted from the score of episodes that hit max_new_tokens without emitting EOS."""
+    turn_discount: float = 1.0
+    """Multi-turn episodes: the reward of turn k (0 = the first answer) counts turn_discount**k, so an
+    episode's return is sum_k turn_discount**k * r_k (1.0: every turn's reward counts fully)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator (k1 = logp - ref_logp; k3 = exp(-k1) - 1 + k1, always >= 0)."""
     ratio_threshold: float = 10.0
@@ -150,6 +153,7 @@ class GroupConfig(OnPolicyConfig):
 BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low inclusive)
     "gamma": (0.0, 1.0, True),
     "gae_lambda": (0.0, 1.0, True),
+    "turn_discount": (0.0, 1.0, True),
     "top_p": (0.0, 1.0, False),
     "mask_top_p": (0.0, 1.0, False),
 }

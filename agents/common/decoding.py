@@ -25,8 +25,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from agents.common.lm import first_real_column, positions_from_mask
 from agents.common.policies import LMPolicy
 from agents.common.sampling import generator_on, sample_tokens
 
-OnTokens = Callable[[int, np.ndarray], "np.ndarray | None"]
+OnTokens = Callable[[int, np.ndarray], "np.ndarray | Feed | None"]
 
 
 class StopDecoding(Exception):
@@ -56,6 +56,16 @@ class Decoded:
     values: torch.Tensor | None = None
 
 
+@dataclass
+class Feed:
+    """What ``on_tokens`` may return instead of a plain token column: the column (one token per row) and, for
+    some rows, the tokens the environment appended after it (a multi-turn env's reply), fed to the model in the
+    same forward; each such row's next token is then sampled after its last appended token."""
+
+    tokens: np.ndarray
+    appended: dict[int, Sequence[int]] = field(default_factory=dict)
+
+
 @torch.no_grad()
 def decode(
     policy: LMPolicy,
@@ -72,8 +82,9 @@ def decode(
     """Sample up to ``max_new_tokens`` columns after left-padded prompts (see the module docstring).
 
     ``on_tokens(t, tokens)`` gets step ``t``'s sampled token ids (host numpy, one per row) and
-    returns the ids to feed back (finished rows may get a placeholder), or None to end.
-    ``record`` keeps each token's log-prob and, with the shared-trunk critic, each value.
+    returns the ids to feed back (finished rows may get a placeholder), a :class:`Feed` (the ids and the
+    tokens an environment appended after some of them: they extend those rows' KV cache, unsampled), or
+    None to end.  ``record`` keeps each sampled token's log-prob and, with the shared-trunk critic, each value.
     ``autocast`` is a context-manager factory (bf16 autocast) around the model's steps; the logits are
     filtered, sampled and turned into log-probs in float32 either way.
     """
@@ -85,9 +96,9 @@ def decode(
     n = prompt_ids.shape[0]
     start = first_real_column(prompt_mask)  # padding columns shared by every row are skipped
     ids, attn = prompt_ids[:, start:].to(device), prompt_mask[:, start:].to(device)
-    width = ids.shape[1]
+    used = ids.shape[1]  # columns in the KV cache
     attn = torch.cat([attn, attn.new_ones((n, max_new_tokens))], dim=1)  # every fed column is attended
-    next_position = attn[:, :width].sum(1, keepdim=True)
+    position = attn[:, :used].sum(1, keepdim=True)  # (n, 1) the next token's position in each row
     logps: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     steps = 0
@@ -95,7 +106,7 @@ def decode(
     # not once per token (a nested disabled region keeps that cache).  Sampling and log-probs use the float32
     # filtered logits either way.
     with ctx():
-        logits, past, hidden = policy.decode_step(ids, attn[:, :width], positions_from_mask(attn[:, :width]))
+        logits, past, hidden = policy.decode_step(ids, attn[:, :used], positions_from_mask(attn[:, :used]))
         for t in range(max_new_tokens):
             filtered = policy.filtered_logits(logits)
             choices = sample_tokens(filtered, generator, deterministic)
@@ -108,8 +119,28 @@ def decode(
                 feed = on_tokens(t, policy.to_token(choices).cpu().numpy())
             if feed is None or t + 1 == max_new_tokens:
                 break
-            column = torch.as_tensor(np.asarray(feed, dtype=np.int64), device=device).unsqueeze(1)
-            logits, past, hidden = policy.decode_step(column, attn[:, : width + t + 1], next_position + t, past)
+            appended = feed.appended if isinstance(feed, Feed) else None
+            tokens = feed.tokens if isinstance(feed, Feed) else feed
+            column = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device).unsqueeze(1)
+            if not appended:
+                logits, past, hidden = policy.decode_step(column, attn[:, : used + 1], position, past)
+                used, position = used + 1, position + 1
+                continue
+            # the column, then each row's appended tokens left-aligned in W more columns (padding after them)
+            width = 1 + max(len(v) for v in appended.values())
+            chunk = column.new_zeros((n, width))
+            chunk_mask = attn.new_zeros((n, width))
+            chunk[:, 0], chunk_mask[:, 0] = column[:, 0], 1
+            take = torch.zeros(n, dtype=torch.long, device=device)
+            for row, extra in appended.items():
+                k = len(extra)
+                chunk[row, 1 : 1 + k] = torch.as_tensor(list(extra), dtype=torch.long, device=device)
+                chunk_mask[row, 1 : 1 + k] = 1
+                take[row] = k
+            positions = position + chunk_mask.cumsum(1) - 1
+            attn = torch.cat([attn[:, :used], chunk_mask, attn.new_ones((n, max_new_tokens - t - 1))], dim=1)
+            logits, past, hidden = policy.decode_step(chunk, attn[:, : used + width], positions, past, take=take)
+            used, position = used + width, position + 1 + take.unsqueeze(1)
     return Decoded(
         steps=steps,
         logp=torch.stack(logps, dim=1).float() if logps else None,

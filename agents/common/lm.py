@@ -26,6 +26,39 @@ def load_causal_lm(model: Any) -> nn.Module:
     return load_model(model)
 
 
+FP32_ATTENTION = "textgym_sdpa_fp32"
+
+
+def _sdpa_in_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """transformers' SDPA attention, computed in float32 inside a bf16 autocast region (see :func:`fp32_attention`)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dtype = query.dtype
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast(query.device.type, enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(dtype), weights
+
+
+def fp32_attention(lm: nn.Module | None) -> bool:
+    """Run ``lm``'s SDPA attention in float32 under bf16 autocast, the projections and MLPs staying bf16.
+
+    On CPUs PyTorch's bf16 flash-attention backward was measured 4x slower than the float32 one (SmolLM2-135M,
+    8 x 96 tokens: 0.60 s vs 0.15 s of a 3.4 s forward + backward), while attention is a few percent of the
+    FLOPs.  Only models on transformers' ``"sdpa"`` implementation are switched; returns whether ``lm`` was.
+    """
+    config = getattr(lm, "config", None)
+    if lm is None or getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(lm, "set_attn_implementation"):
+        return False
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FP32_ATTENTION, _sdpa_in_fp32)
+    lm.set_attn_implementation(FP32_ATTENTION)
+    return True
+
+
 def disable_dropout(module: nn.Module) -> None:
     """Dropout off everywhere (policy, reference and critic must be deterministic functions)."""
     for sub in module.modules():

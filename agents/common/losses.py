@@ -73,20 +73,24 @@ def gae(
 
     The value after the last real token is 0: the episode is over whether it
     ended with EOS or at ``max_new_tokens`` (the env has scored the text), so
-    nothing is bootstrapped. Returns ``(advantages, returns)``, both 0 outside ``mask``.
+    nothing is bootstrapped.  Columns outside ``mask`` between generated tokens
+    (a multi-turn conversation's environment replies) are skipped: the next
+    state of a turn's last token is the next turn's first.  Returns
+    ``(advantages, returns)``, both 0 outside ``mask``.
     """
     mask = mask.to(values.dtype)
     values = values * mask
     rewards = rewards * mask
     B, T = rewards.shape
     advantages = torch.zeros_like(rewards)
-    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)  # the advantage of the next generated token
+    next_value = torch.zeros_like(last)  # the value of the next generated token (0 after the last)
     for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
-        last = delta + gamma * lam * next_mask * last
-        advantages[:, t] = last * mask[:, t]
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = torch.where(m.bool(), delta + gamma * lam * last, last)
+        next_value = torch.where(m.bool(), values[:, t], next_value)
+        advantages[:, t] = last * m
     returns = (advantages + values) * mask
     return advantages, returns
 

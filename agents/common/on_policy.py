@@ -40,7 +40,7 @@ from agents.common.distributed import Distributed
 from agents.common.envs import as_text_vector_env
 from agents.common.interrupts import GracefulStop
 from agents.common.kl import kl_estimate
-from agents.common.lm import check_vocab, disable_dropout, load_causal_lm
+from agents.common.lm import check_vocab, disable_dropout, fp32_attention, load_causal_lm
 from agents.common.losses import at_last_token
 from agents.common.policies import LMPolicy, resolve_policy
 from agents.common.rollout import collect_episodes
@@ -155,6 +155,9 @@ class OnPolicyAlgorithm(AgentAPI):
         ).to(self.device)
         if self.reference is not None:
             self.reference.to(self.device)
+        if self.autocast() is not None and self.device.type == "cpu":  # bf16 attention backward is slow on CPUs
+            for module in (self.policy.lm, self.policy.critic, self.reference):
+                fp32_attention(module)
         self.dist.broadcast_module(self.policy)  # every rank starts from rank 0's weights
         self.dist.broadcast_module(self.reference)
         self._setup_algorithm()
@@ -393,10 +396,13 @@ class OnPolicyAlgorithm(AgentAPI):
         )
 
     def shaped_rewards(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """(B, T) env rewards with the missing-EOS penalty at the last token, divided by the running
-        std of all scores seen when ``reward_scaling`` (the moments include this batch, all ranks)."""
+        """(B, T) env rewards (turn k's discounted by ``turn_discount**k``) with the missing-EOS penalty at the
+        last token, divided by the running std of all scores seen when ``reward_scaling`` (the moments include
+        this batch, all ranks)."""
         cfg, mask = self.config, batch.gen_mask
         rewards = batch.env_rewards.float()
+        if batch.turn_index is not None and cfg.turn_discount != 1.0:
+            rewards = rewards * cfg.turn_discount ** batch.turn_index.float()
         if cfg.missing_eos_penalty is not None:
             penalty = torch.where(batch.ended_with_eos, 0.0, -cfg.missing_eos_penalty).float()
             rewards = rewards + at_last_token(penalty, mask)

@@ -316,19 +316,21 @@ class LMPolicy(ActorCriticPolicy):
 
     # -- the fast path (TextPPO) -----------------------------------------------------------
     def decode_step(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None,
+        take: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Run the LM on new tokens with a KV cache.
 
-        Returns the last column's raw choice logits, the cache and the last column's hidden state
-        (the critic's input on the shared trunk).  The first call (``past=None``) on a left-padded
-        prompt batch encodes each distinct prompt once.
+        Returns the raw choice logits, the cache and the hidden state (the critic's input on the shared
+        trunk) of one column per row: the last one, or ``take[row]`` (columns after it are padding, as when
+        a multi-turn rollout feeds the environment's reply to some rows).  The first call (``past=None``)
+        on a left-padded prompt batch encodes each distinct prompt once.
         """
         if past is None:
             hidden, cache = shared_prefix_forward(self.decoder, ids, attention_mask, ids.shape[1], use_cache=True)
         else:
             hidden, cache = run_decoder(self.decoder, ids, attention_mask, positions, past, use_cache=True)
-        last = hidden[:, -1]
+        last = hidden[:, -1] if take is None else hidden[torch.arange(hidden.shape[0], device=hidden.device), take]
         return self.head_logits(last), cache, last
 
     def sequence_forward(

@@ -169,7 +169,8 @@ class Seq2SeqMethods:
         return hidden
 
     def decode_step(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, past: Any = None,
+        take: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """The KV-cached step of :func:`~agents.common.decoding.decode`.
 
@@ -177,7 +178,10 @@ class Seq2SeqMethods:
         (once per distinct prompt) and the decoder start token is fed.  Later calls: ``ids`` is the column of
         the tokens just sampled.  ``positions`` (the causal layout's) are not needed: the decoder's cache
         knows its length.  Returns the choice logits of the next token, the state, the last hidden state.
+        ``take`` (a column per row, for multi-turn rollouts) is refused: an encoder-decoder answers one turn.
         """
+        if take is not None:
+            raise ValueError("Seq2SeqLMPolicy decodes one turn: multi-turn conversations need a causal LM (LMPolicy)")
         model = self.base_lm
         if past is None:
             states = encode_once(model.get_encoder(), ids, attention_mask)
