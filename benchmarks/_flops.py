@@ -21,35 +21,46 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHAPE = (1024, 576, 1536)  # SmolLM2-135M's MLP: (tokens, hidden) @ (hidden, intermediate)
+GPU_SHAPE = (8192, 8192, 8192)  # large enough to reach a GPU's matmul peak
 
 
-def peak_matmul_flops(dtype: str = "fp32", threads: int | None = None, seconds: float = 2.0, windows: int = 4) -> float:
-    """FLOP/s of a 1024x576 by 576x1536 matmul in ``dtype`` ("fp32" or "bf16") on ``threads`` threads: the
-    best of ``windows`` windows of ``seconds / windows`` each (a shared machine slows some of them)."""
+def peak_matmul_flops(dtype: str = "fp32", threads: int | None = None, seconds: float = 2.0, windows: int = 4,
+                      device: str = "cpu") -> float:  # fmt: skip
+    """FLOP/s of a matmul in ``dtype`` ("fp32" or "bf16"): on a CPU, 1024x576 by 576x1536 (SmolLM2-135M's MLP)
+    on ``threads`` threads; on a GPU, 8192x8192 by 8192x8192 (the device's sustained peak; TF32 off for fp32).
+    The best of ``windows`` windows of ``seconds / windows`` each (a shared machine slows some of them)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    m, k, n = SHAPE
-    a, b = torch.randn(m, k, dtype=DTYPES[dtype]), torch.randn(k, n, dtype=DTYPES[dtype])
+    m, k, n = SHAPE if device == "cpu" else GPU_SHAPE
+    a = torch.randn(m, k, dtype=DTYPES[dtype], device=device)
+    b = torch.randn(k, n, dtype=DTYPES[dtype], device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         a @ b  # warm-up
+    sync()
     best = 0.0
     for _ in range(windows):
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds / windows:
             a @ b
             count += 1
+            if count % 8 == 0:
+                sync()
+        sync()
         best = max(best, 2 * m * k * n * count / (time.perf_counter() - started))
     return best
 
 
-def peaks(dtypes: list[str], threads: int | None = None) -> dict[str, float]:
+def peaks(dtypes: list[str], threads: int | None = None, device: str = "cpu") -> dict[str, float]:
     """:func:`peak_matmul_flops` of each dtype, and a one-line summary printed by the callers."""
-    return {name: peak_matmul_flops(name, threads) for name in dict.fromkeys(dtypes)}
+    return {name: peak_matmul_flops(name, threads, device=device) for name in dict.fromkeys(dtypes)}
 
 
-def describe_peaks(measured: dict[str, float], threads: int) -> str:
+def describe_peaks(measured: dict[str, float], threads: int, device: str = "cpu") -> str:
     parts = ", ".join(f"{name} {flops / 1e9:.1f}" for name, flops in measured.items())
-    return f"peak matmul GFLOP/s ({'x'.join(map(str, SHAPE))}, {threads} thread(s), this run): {parts}"
+    shape = "x".join(map(str, SHAPE if device == "cpu" else GPU_SHAPE))
+    where = f"{threads} thread(s)" if device == "cpu" else device
+    return f"peak matmul GFLOP/s ({shape}, {where}, this run): {parts}"
 
 
 def generation_flops(params: int, tokens: int) -> int:
@@ -74,9 +85,9 @@ def generate_tokens(mask: torch.Tensor, new_tokens: torch.Tensor, eos: int) -> i
     return int(mask.sum()) + int(ends.sum())
 
 
-def autocast_or_not(bf16: bool) -> Any:
-    """A bf16 CPU autocast context, or a null one."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast_or_not(bf16: bool, device: str = "cpu") -> Any:
+    """A bf16 autocast context on ``device``'s type, or a null one."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def mfu(flops: float, seconds: float, peak: float) -> float:

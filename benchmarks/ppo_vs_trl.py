@@ -4,6 +4,7 @@
     python benchmarks/ppo_vs_trl.py --algo grpo              # textgym's GRPO against TRL's, same settings
     python benchmarks/ppo_vs_trl.py --model tiny-random --steps 8
     python benchmarks/ppo_vs_trl.py --bf16                   # both in bf16 autocast, + TextPPO in fp32
+    python benchmarks/ppo_vs_trl.py --bf16 --device cuda     # the same on a GPU (MFU against the GPU's peak)
 
 Model FLOPs utilisation (MFU) of each side: the model FLOPs of an update
 (``2 N`` per generated token for the rollout, ``2 N`` for the reference
@@ -91,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast; adds TextPPO in fp32")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     args = p.parse_args(argv)
     if args.batch % args.generations:
@@ -124,7 +126,7 @@ def run_textppo(args: argparse.Namespace) -> None:
     common = {"seed": args.seed, "verbose": 0, "learning_rate": args.lr, "n_epochs": args.epochs, "n_rollouts": 1,
               "group_size": args.generations, "kl_coef": args.kl_coef, "max_grad_norm": 1.0,
               "bf16": side_bf16(args, args.side),
-              "temperature": 1.0, "top_k": 0, "top_p": 1.0, "reward_scaling": False}  # fmt: skip
+              "temperature": 1.0, "top_k": 0, "top_p": 1.0, "reward_scaling": False, "device": args.device}  # fmt: skip
     if args.algo == "grpo":
         agent = TextGRPO("LMPolicy", env, model=args.model, epsilon_low=0.2, loss_type="dapo", scale_rewards="group",
                          **common)  # fmt: skip
@@ -179,7 +181,8 @@ def run_trl(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=True, seed=args.seed,
+            output_dir=out, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=args.device == "cpu",
+            seed=args.seed,
             per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, num_generations=args.generations,
             max_completion_length=args.max_new_tokens, num_iterations=args.epochs, max_steps=args.steps * args.epochs,
             learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
@@ -202,7 +205,9 @@ def run_side(args: argparse.Namespace) -> None:
         run_trl(args)
     else:
         run_textppo(args)
-    report("RESULT", {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9})  # KiB on Linux
+    gpu = torch.cuda.max_memory_allocated() / 1e9 if args.device != "cpu" else 0.0
+    report("RESULT", {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB on Linux
+                      "peak_gpu_gb": gpu})  # fmt: skip
 
 
 class Side:
@@ -251,7 +256,7 @@ def main() -> None:
         return
     names = SIDES if args.bf16 else SIDES[:2]
     with tempfile.NamedTemporaryFile("w+", prefix="ppo_vs_trl_", suffix=".log", delete=False) as log:
-        peak = peaks(["fp32", "bf16"] if args.bf16 else ["fp32"], args.threads)
+        peak = peaks(["fp32", "bf16"] if args.bf16 else ["fp32"], args.threads, args.device)
         sides = {name: Side(name, log) for name in names}
         for side in sides.values():
             side.params = int(side.read("READY")["params"])
@@ -261,17 +266,20 @@ def main() -> None:
                 u = sides[name].updates[-1]
                 print(f"update {step + 1}/{args.steps} {name}: {u['seconds']:.1f} s, {u['tokens']} tokens, "
                       f"reward {u['reward']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
-        rss = {name: side.finish()["peak_rss_gb"] for name, side in sides.items()}
+        results = {name: side.finish() for name, side in sides.items()}
+    rss = {name: r["peak_rss_gb"] for name, r in results.items()}
+    gpu = {name: r.get("peak_gpu_gb", 0.0) for name, r in results.items()}
     rounds = {name: [u["tokens"] / u["seconds"] for u in side.updates] for name, side in sides.items()}
     totals = {name: sum(u["seconds"] for u in side.updates) for name, side in sides.items()}
     budget = args.budget_s or min(totals.values())
     ours = "TextGRPO" if args.algo == "grpo" else "TextPPO"
     dtype = "bf16 autocast" if args.bf16 else "fp32"
+    where = f"CPU, {args.threads} thread(s)" if args.device == "cpu" else args.device
     labels = {"textppo": f"(a) {ours}", "trl": "(b) TRL GRPOTrainer", "textppo_fp32": f"(c) {ours} fp32"}
-    print(describe_peaks(peak, args.threads))
+    print(describe_peaks(peak, args.threads, args.device))
     print(f"{args.model} on {args.env}: {args.steps} updates of {args.batch} completions ({args.generations} per prompt), "
           f"max_new_tokens {args.max_new_tokens}, {args.epochs} epochs, lr {args.lr:g}, KL coef {args.kl_coef:g}, "
-          f"(a) and (b) {dtype}, CPU, {args.threads} thread(s); subprocess logs: {log.name}")  # fmt: skip
+          f"(a) and (b) {dtype}, {where}; subprocess logs: {log.name}")  # fmt: skip
     for name in names:
         updates = sides[name].updates
         tokens = sum(u["tokens"] for u in updates)
@@ -280,7 +288,7 @@ def main() -> None:
         kind = "bf16" if side_bf16(args, name) else "fp32"
         print(f"{labels[name]:<20} {statistics.median(rounds[name]):>7.2f} tokens/s (median update; {tokens} tokens in "
               f"{totals[name]:.1f} s), MFU {mfu(flops, totals[name], peak[kind]):.1%} of {kind} peak, peak RSS "
-              f"{rss[name]:.2f} GB, reward after {budget:.0f} s: {reward:.4f} ({n} batches)")  # fmt: skip
+              f"{rss[name]:.2f} GB{f', peak GPU memory {gpu[name]:.2f} GB' if args.device != 'cpu' else ''}, reward after {budget:.0f} s: {reward:.4f} ({n} batches)")  # fmt: skip
         if "phases" in updates[0]:
             phases = {k: sum(u["phases"][k] for u in updates) / len(updates) for k in updates[0]["phases"]}
             print(f"{'':<20} per update: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())

@@ -4,6 +4,7 @@
     python benchmarks/rollout_vs_generate.py --model tiny-random    # where the per-step overheads dominate
     python benchmarks/rollout_vs_generate.py --seq2seq              # a tiny random T5 (Seq2SeqLMPolicy)
     python benchmarks/rollout_vs_generate.py --bf16                 # both sides in bf16 autocast
+    python benchmarks/rollout_vs_generate.py --bf16 --device cuda   # on a GPU
 
 Both sides use the same model object, the same prompts (one ``reset`` of
 ``gym.make_vec(--env, num_envs=--batch)`` per repeat, left-padded by the env,
@@ -46,7 +47,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from _flops import describe_peaks, generation_flops, mfu, peaks
+from _flops import autocast_or_not, describe_peaks, generation_flops, mfu, peaks
 from transformers import GenerationConfig
 
 import textgym  # noqa: F401  (registers the env ids)
@@ -64,24 +65,26 @@ def generated_tokens(new_tokens: torch.Tensor, eos: int) -> int:
 
 
 def time_generate(lm: torch.nn.Module, obs: dict[str, np.ndarray], config: GenerationConfig, prompt_len: int,
-                  autocast: Any) -> tuple[int, float]:  # fmt: skip
-    ids = torch.as_tensor(obs["input_ids"][:, :prompt_len])
-    mask = torch.as_tensor(obs["attention_mask"][:, :prompt_len])
+                  autocast: Any, sync: Any) -> tuple[int, float]:  # fmt: skip
+    ids = torch.as_tensor(obs["input_ids"][:, :prompt_len], device=lm.device)
+    mask = torch.as_tensor(obs["attention_mask"][:, :prompt_len], device=lm.device)
     start = first_real_column(mask)  # the rollout drops the same shared padding columns
     ids, mask = ids[:, start:], mask[:, start:]
     began = time.perf_counter()
     with torch.no_grad(), autocast():
         out = lm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    sync()
     elapsed = time.perf_counter() - began
     new = out[:, 1:] if is_encoder_decoder(lm) else out[:, ids.shape[1] :]  # seq2seq: after the decoder start token
     return generated_tokens(new, config.eos_token_id), elapsed
 
 
 def time_rollout(policy: LMPolicy, env: gym.vector.VectorEnv, seed: int, generator: torch.Generator,
-                 autocast: Any) -> tuple[int, float]:  # fmt: skip
+                 autocast: Any, sync: Any) -> tuple[int, float]:  # fmt: skip
     began = time.perf_counter()
     obs, _ = env.reset(seed=seed)
     batch = collect_episodes(policy, env, obs, generator=generator, autocast=autocast)
+    sync()
     elapsed = time.perf_counter() - began
     return int(batch.gen_mask.sum()), elapsed
 
@@ -112,22 +115,23 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seq2seq", action="store_true", help="a tiny random T5 instead of --model")
     p.add_argument("--bf16", action="store_true", help="both sides in bf16 autocast")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = p.parse_args()
 
     dtype = "bf16" if args.bf16 else "fp32"
-    peak = peaks([dtype], args.threads)[dtype]
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    peak = peaks([dtype], args.threads, args.device)[dtype]
+    autocast = (lambda: autocast_or_not(True, args.device)) if args.bf16 else contextlib.nullcontext
     torch.set_num_threads(args.threads)
     if args.seq2seq:
         args.model = tiny_t5(Path(tempfile.mkdtemp(prefix="tiny-t5-")))
     torch.manual_seed(args.seed)
     env = gym.make_vec(args.env, num_envs=args.batch, model=args.model, max_new_tokens=args.max_new_tokens)
     setup = env.unwrapped.text_spec
-    lm = load_model(args.model).eval()
+    lm = load_model(args.model).eval().to(args.device)
     policy = resolve_policy("auto", lm)(
         env.single_observation_space, env.single_action_space, lambda _: 0.0, model=lm,
         temperature=1.0, top_k=0, top_p=1.0, action_mask=setup.action_mask,
-    )  # fmt: skip
+    ).to(args.device)  # fmt: skip
     policy.set_training_mode(False)
     if setup.action_mask is not None and not setup.action_mask.all():
         raise SystemExit(f"{args.env} has an action mask; model.generate would need the same logits processor")
@@ -136,6 +140,7 @@ def main() -> None:
         eos_token_id=setup.eos_id, pad_token_id=setup.eos_id,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
+    sync = torch.cuda.synchronize if args.device != "cpu" else (lambda: None)
 
     rates: dict[str, list[float]] = {"generate": [], "rollout": []}
     counts: dict[str, list[int]] = {"generate": [], "rollout": []}
@@ -143,8 +148,8 @@ def main() -> None:
     for repeat in range(args.repeats + 1):  # repeat 0 warms up both paths
         seed = args.seed + repeat
         obs, _ = env.reset(seed=seed)  # the prompts the rollout's own reset will produce
-        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens, autocast)
-        n_roll, s_roll = time_rollout(policy, env, seed, generator, autocast if args.bf16 else None)
+        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens, autocast, sync)
+        n_roll, s_roll = time_rollout(policy, env, seed, generator, autocast if args.bf16 else None, sync)
         if repeat:
             seconds["generate"] += s_gen
             seconds["rollout"] += s_roll
@@ -154,8 +159,9 @@ def main() -> None:
             counts["rollout"].append(n_roll)
     ratio = statistics.median(r / g for r, g in zip(rates["rollout"], rates["generate"]))
     print(f"{'tiny random T5 (--seq2seq)' if args.seq2seq else args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
-          f"{args.repeats} alternating repeats, torch {torch.__version__}, {args.threads} thread(s), {dtype}")  # fmt: skip
-    print(describe_peaks({dtype: peak}, args.threads))
+          f"{args.repeats} alternating repeats, torch {torch.__version__}, "
+          f"{f'{args.threads} thread(s)' if args.device == 'cpu' else args.device}, {dtype}")  # fmt: skip
+    print(describe_peaks({dtype: peak}, args.threads, args.device))
     params = sum(p.numel() for p in lm.parameters())
     for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout")):
         use = mfu(generation_flops(params, sum(counts[name])), seconds[name], peak)
