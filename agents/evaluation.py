@@ -63,8 +63,8 @@ def evaluate_policy_on_env(
 
     ``env`` is a :class:`~textgym.vector.TextVectorEnv`; its slots take the samples in
     order (reset option ``index``).  Returns the number of prompts ``n``, of answers, the mean
-    reward, the mean of every ``info["metrics"]`` entry over all answers, per-answer records
-    and, with ``samples > 1``, ``at_k`` (:func:`sampled_metrics`).  ``progress``: a tqdm bar on stderr.
+    reward, the mean of every ``info["metrics"]`` entry over all answers, per-answer records (with each
+    turn's text and score in a multi-turn env) and, with ``samples > 1``, ``at_k`` (:func:`sampled_metrics`).  ``progress``: a tqdm bar on stderr.
     """
     import torch
     from tqdm.auto import tqdm
@@ -93,7 +93,8 @@ def evaluate_policy_on_env(
             records.append({"index": index, "sample": k, "sample_id": info.get("sample_id"), "prompt": info.get("prompt"),
                             "output": info.get("generated_text"), "references": info.get("references"),
                             "reward": float(batch.scores[slot]), "tokens": int(batch.lengths[slot]),
-                            "metrics": dict(info.get("metrics") or {})})  # fmt: skip
+                            "metrics": dict(info.get("metrics") or {}),
+                            **{key: info[key] for key in ("turns", "turn_texts", "turn_scores") if key in info}})  # fmt: skip
         bar.update(len(chunk))
     bar.close()
     metrics = {name: float(np.mean([r["metrics"][name] for r in records])) for name in records[0]["metrics"]}

@@ -133,6 +133,12 @@ class NLPOPolicy(LMPolicy):
             logits, own, hidden = super().decode_step(ids, attention_mask, positions, own, take)
         return logits, (own, theirs), hidden
 
+    def select_decode_rows(self, past: Any, index: torch.Tensor) -> Any:
+        if not self.restricting:
+            return super().select_decode_rows(past, index)
+        own, theirs = past
+        return super().select_decode_rows(own, index), super().select_decode_rows(theirs, index)
+
     def sequence_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -72,7 +72,7 @@ def test_tokens_outside_the_masking_nucleus_are_never_sampled() -> None:
         outside_mass.append((own * ~inside).sum(-1)[gen])
         # the rollout's log-probs are the restricted distribution's
         assert torch.isfinite(batch.old_logp[gen]).all()
-    assert checked >= 250
+    assert checked >= 200  # enough sampled tokens for the check to mean something
     assert float(torch.cat(sizes).mean()) < 0.5 * int(allowed.sum())  # a small set: the check has teeth
     assert float(torch.cat(outside_mass).mean()) > 0.3  # unrestricted, the policy would often sample outside it
     # predict() (SB3's API) is restricted too

@@ -170,7 +170,12 @@ def test_multi_turn_episodes_take_one_step_per_turn() -> None:
                     result = client.step(answer)
                     assert (result.reward, result.done) == (reward, turn == 1)
                     assert result.observation.info == served_info(info)
-                    assert result.observation.prompt_ids == prompt_ids(env, obs)
+                    if turn == 0:  # the context of the next answer: the prompt, the answer, the env's reply
+                        context = obs["input_ids"][obs["attention_mask"] == 1].tolist()
+                        assert result.observation.prompt_ids == context and context[-len(info["reply_ids"]):] == \
+                            info["reply_ids"]
+                    else:
+                        assert result.observation.prompt_ids == prompt_ids(env, obs)
                     assert client.state().step_count == turn + 1
                 assert info["turns"] == 2 and result.observation.info["metrics"]["reward"] < 1.0
 

@@ -56,9 +56,10 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
     batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(0))
     P, mask = batch.prompt_len, batch.gen_mask
     tokens = batch.input_ids[:, P:]
+    whole = [lg for lg in step_logits if lg.shape[0] == len(batch)]  # before the loop drops finished rows
     rollout_logp = torch.stack(
         [log_probs_and_entropy(policy.filtered_logits(lg), policy.to_choice(tokens[:, t]))[0]
-         for t, lg in enumerate(step_logits)], dim=1,
+         for t, lg in enumerate(whole)], dim=1,
     )  # fmt: skip
     with torch.no_grad():
         full_logp, _, full_values = policy.sequence_forward(batch.input_ids, batch.attention_mask, P)
@@ -68,7 +69,7 @@ def test_cached_rollout_log_probs_equal_a_full_forward_and_match_the_env(env_id:
     torch.testing.assert_close(batch.old_logp[mask], full_logp[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch.values[mask], full_values[mask], atol=1e-5, rtol=1e-5)
     assert not batch.old_logp[~mask].any() and not batch.values[~mask].any()
-    assert not mask[:, n:].any()  # the loop stopped at the step where the last episode ended
+    assert not mask[:, len(step_logits) :].any()  # the loop stopped at the step where the last episode ended
     # the host-side bookkeeping agrees with what the env saw
     for i, info in enumerate(batch.infos):
         n_tok = int(batch.lengths[i])
@@ -145,3 +146,42 @@ def test_sequence_forward_and_prefill_with_shared_prompts_equal_one_row_at_a_tim
             lg, _, hd = policy.decode_step(ids[one, :P], mask[one, :P], positions_from_mask(mask[one, :P]))
             torch.testing.assert_close(logits[row], lg[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(hidden[row], hd[0], atol=1e-5, rtol=1e-5)
+
+
+def test_dropping_finished_rows_changes_no_token_and_no_log_prob() -> None:
+    """decode() stops computing rows that ended: greedy tokens and recorded log-probs are those of the full batch."""
+    from agents.common.decoding import Feed, decode
+
+    env = gym.make_vec("textgym/Copy-v0", num_envs=8, model="tiny-random")
+    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 1e-3, model="tiny-random",
+                      action_mask=env.setup.action_mask)  # fmt: skip
+    policy.set_training_mode(False)
+    obs, _ = env.reset(seed=3)
+    ids, mask = torch.as_tensor(obs["input_ids"][:, :16]), torch.as_tensor(obs["attention_mask"][:, :16])
+    eos, runs = env.text_spec.eos_id, {}
+    for prune in (False, True):
+        done, out, widths = np.zeros(8, bool), [[] for _ in range(8)], []
+        decode_step = policy.decode_step
+
+        def width(*args, widths=widths, decode_step=decode_step, **kwargs):
+            widths.append(args[0].shape[0])
+            return decode_step(*args, **kwargs)
+
+        policy.decode_step = width
+
+        def on_tokens(t, tokens, done=done, out=out, prune=prune):
+            for i in np.flatnonzero(~done):
+                out[i].append(int(tokens[i]))
+            done |= (tokens == eos) | (t >= 2 + np.arange(8))  # rows end one after another
+            return None if done.all() else (Feed(tokens, finished=done.copy()) if prune else tokens)
+
+        decoded = decode(policy, ids, mask, 12, on_tokens, deterministic=True, record=True)
+        del policy.decode_step
+        runs[prune] = (out, decoded.logp, widths)
+    (out_a, logp_a, widths_a), (out_b, logp_b, widths_b) = runs[False], runs[True]
+    assert out_a == out_b
+    live = torch.zeros_like(logp_a, dtype=torch.bool)
+    for i, row in enumerate(out_a):
+        live[i, : len(row)] = True
+    torch.testing.assert_close(logp_a[live], logp_b[live], atol=1e-5, rtol=1e-5)
+    assert set(widths_a) == {8} and min(widths_b) < 8  # the pruned loop ran smaller batches

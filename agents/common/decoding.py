@@ -58,12 +58,21 @@ class Decoded:
 
 @dataclass
 class Feed:
-    """What ``on_tokens`` may return instead of a plain token column: the column (one token per row) and, for
-    some rows, the tokens the environment appended after it (a multi-turn env's reply), fed to the model in the
-    same forward; each such row's next token is then sampled after its last appended token."""
+    """What ``on_tokens`` may return instead of a plain token column: the column (one token per row); for
+    some rows, the tokens the environment appended after it (a multi-turn env's reply), fed to the model in
+    the same forward, each such row's next token then sampled after its last appended token; and
+    ``finished``, the rows that need no more tokens (the loop stops computing them)."""
 
     tokens: np.ndarray
     appended: dict[int, Sequence[int]] = field(default_factory=dict)
+    finished: np.ndarray | None = None
+
+
+def _full(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) float32 with ``values`` at ``rows`` and 0 elsewhere (rows the loop no longer computes)."""
+    out = torch.zeros(n, dtype=torch.float32, device=values.device)
+    out[rows] = values.float()
+    return out
 
 
 @torch.no_grad()
@@ -82,11 +91,14 @@ def decode(
     """Sample up to ``max_new_tokens`` columns after left-padded prompts (see the module docstring).
 
     ``on_tokens(t, tokens)`` gets step ``t``'s sampled token ids (host numpy, one per row) and
-    returns the ids to feed back (finished rows may get a placeholder), a :class:`Feed` (the ids and the
-    tokens an environment appended after some of them: they extend those rows' KV cache, unsampled), or
-    None to end.  ``record`` keeps each sampled token's log-prob and, with the shared-trunk critic, each value.
-    ``autocast`` is a context-manager factory (bf16 autocast) around the model's steps; the logits are
-    filtered, sampled and turned into log-probs in float32 either way.
+    returns the ids to feed back (finished rows may get a placeholder), a :class:`Feed` (the ids, the
+    tokens an environment appended after some of them: they extend those rows' KV cache, unsampled; and
+    the finished rows), or None to end.  Once at least a quarter of the rows still computed are finished,
+    they are dropped from the batch and its KV cache (their later tokens are 0 and are not recorded), so
+    rows that ended early cost nothing while the others go on.  ``record`` keeps each sampled token's
+    log-prob and, with the shared-trunk critic, each value.  ``autocast`` is a context-manager factory (bf16
+    autocast) around the model's steps; the logits are filtered, sampled and turned into log-probs in
+    float32 either way.
     """
     device = policy.device
     generator = generator_on(generator, device)
@@ -98,7 +110,8 @@ def decode(
     ids, attn = prompt_ids[:, start:].to(device), prompt_mask[:, start:].to(device)
     used = ids.shape[1]  # columns in the KV cache
     attn = torch.cat([attn, attn.new_ones((n, max_new_tokens))], dim=1)  # every fed column is attended
-    position = attn[:, :used].sum(1, keepdim=True)  # (n, 1) the next token's position in each row
+    position = attn[:, :used].sum(1, keepdim=True)  # (rows, 1) the next token's position in each row
+    rows = np.arange(n)  # the original index of each row still computed
     logps: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     steps = 0
@@ -110,41 +123,54 @@ def decode(
         for t in range(max_new_tokens):
             filtered = policy.filtered_logits(logits)
             choices = sample_tokens(filtered, generator, deterministic)
+            live = torch.as_tensor(rows, device=device)
             if record:
-                logps.append(torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1))
+                logp = torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1)
+                logps.append(_full(logp, live, n))
                 if policy.critic is None:
-                    values.append(policy.value_of(hidden))
+                    values.append(_full(policy.value_of(hidden), live, n))
             steps = t + 1
+            sampled = np.zeros(n, dtype=np.int64)
+            sampled[rows] = policy.to_token(choices).cpu().numpy()
             with outside():
-                feed = on_tokens(t, policy.to_token(choices).cpu().numpy())
+                feed = on_tokens(t, sampled)
             if feed is None or t + 1 == max_new_tokens:
                 break
             appended = feed.appended if isinstance(feed, Feed) else None
-            tokens = feed.tokens if isinstance(feed, Feed) else feed
-            column = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device).unsqueeze(1)
+            finished = feed.finished if isinstance(feed, Feed) else None
+            tokens = np.asarray(feed.tokens if isinstance(feed, Feed) else feed, dtype=np.int64)
+            if finished is not None:
+                gone = np.asarray(finished, dtype=bool)[rows]
+                if gone.sum() >= max(1, len(rows) // 4) and not gone.all():
+                    keep = torch.as_tensor(np.flatnonzero(~gone), device=device)
+                    past = policy.select_decode_rows(past, keep)
+                    attn, position, rows = attn[keep], position[keep], rows[~gone]
+            column = torch.as_tensor(tokens[rows], device=device).unsqueeze(1)
             if not appended:
                 logits, past, hidden = policy.decode_step(column, attn[:, : used + 1], position, past)
                 used, position = used + 1, position + 1
                 continue
             # the column, then each row's appended tokens left-aligned in W more columns (padding after them)
             width = 1 + max(len(v) for v in appended.values())
-            chunk = column.new_zeros((n, width))
-            chunk_mask = attn.new_zeros((n, width))
+            m = len(rows)
+            chunk = column.new_zeros((m, width))
+            chunk_mask = attn.new_zeros((m, width))
             chunk[:, 0], chunk_mask[:, 0] = column[:, 0], 1
-            take = torch.zeros(n, dtype=torch.long, device=device)
+            take = torch.zeros(m, dtype=torch.long, device=device)
+            where = {int(r): i for i, r in enumerate(rows)}
             for row, extra in appended.items():
-                k = len(extra)
-                chunk[row, 1 : 1 + k] = torch.as_tensor(list(extra), dtype=torch.long, device=device)
-                chunk_mask[row, 1 : 1 + k] = 1
-                take[row] = k
+                i, k = where[row], len(extra)
+                chunk[i, 1 : 1 + k] = torch.as_tensor(list(extra), dtype=torch.long, device=device)
+                chunk_mask[i, 1 : 1 + k] = 1
+                take[i] = k
             positions = position + chunk_mask.cumsum(1) - 1
-            attn = torch.cat([attn[:, :used], chunk_mask, attn.new_ones((n, max_new_tokens - t - 1))], dim=1)
+            attn = torch.cat([attn[:, :used], chunk_mask, attn.new_ones((m, max_new_tokens - t - 1))], dim=1)
             logits, past, hidden = policy.decode_step(chunk, attn[:, : used + width], positions, past, take=take)
             used, position = used + width, position + 1 + take.unsqueeze(1)
     return Decoded(
         steps=steps,
-        logp=torch.stack(logps, dim=1).float() if logps else None,
-        values=torch.stack(values, dim=1).float() if values else None,
+        logp=torch.stack(logps, dim=1) if logps else None,
+        values=torch.stack(values, dim=1) if values else None,
     )
 
 
@@ -195,7 +221,7 @@ def complete(
                 done[i] = True
             else:
                 outputs[i].append(int(tokens[i]))
-        return None if done.all() else tokens
+        return None if done.all() else Feed(tokens, finished=done.copy())
 
     policy.set_training_mode(False)
     decode(policy, prompt_ids, prompt_mask, max_new_tokens, on_tokens, generator=generator, deterministic=deterministic,

@@ -44,6 +44,7 @@ from agents.common.lm import (
     model_name,
     positions_from_mask,
     run_decoder,
+    select_cache_rows,
     shared_prefix_forward,
 )
 from agents.common.sampling import filter_logits, log_probs_and_entropy
@@ -332,6 +333,10 @@ class LMPolicy(ActorCriticPolicy):
             hidden, cache = run_decoder(self.decoder, ids, attention_mask, positions, past, use_cache=True)
         last = hidden[:, -1] if take is None else hidden[torch.arange(hidden.shape[0], device=hidden.device), take]
         return self.head_logits(last), cache, last
+
+    def select_decode_rows(self, past: Any, index: torch.Tensor) -> Any:
+        """The :meth:`decode_step` state of rows ``index`` only (the decoding loop drops finished rows)."""
+        return select_cache_rows(past, index)
 
     def sequence_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True

@@ -105,7 +105,7 @@ def collect_episodes(
             raise StopDecoding
         if done.all():
             return None
-        return Feed(actions, appended) if appended else actions
+        return Feed(actions, appended, finished=done.copy())
 
     prompt_ids = torch.as_tensor(obs["input_ids"][:, :P])
     prompt_mask = torch.as_tensor(obs["attention_mask"][:, :P])

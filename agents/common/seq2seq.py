@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.common.lm import cache_kwarg, first_real_column, model_name, prompt_groups
+from agents.common.lm import cache_kwarg, first_real_column, model_name, prompt_groups, select_cache_rows
 from textgym.errors import ModelError
 
 # Model types whose decoder output is scaled by d_model ** -0.5 before the head when the embeddings are tied
@@ -191,6 +191,10 @@ class Seq2SeqMethods:
                                                  past.cache, use_cache=True)  # fmt: skip
         last = hidden[:, -1]
         return self.head_logits(last), past, last
+
+    def select_decode_rows(self, past: _DecodeState, index: torch.Tensor) -> _DecodeState:
+        """The decoding state of rows ``index``: the decoder's cache and the encoder's outputs."""
+        return _DecodeState(select_cache_rows(past.cache, index), past.encoder_states[index], past.encoder_mask[index])
 
     def _obs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(

@@ -107,7 +107,8 @@ class TextObservation(Observation):
     ``execution``), without the token-level ``action_mask``.
     """
 
-    prompt_text: str = Field(default="", description="the prompt as the model sees it (chat template applied)")
+    prompt_text: str = Field(default="", description="the context the next answer continues, as the model sees it: the "
+                             "prompt (chat template applied), and in a multi-turn episode the conversation so far")
     prompt_ids: list[int] = Field(default_factory=list, description="prompt_text's token ids (the env's tokenizer)")
     truncated: bool = Field(default=False, description="the episode ended by a length limit, not by EOS")
     info: dict[str, Any] = Field(default_factory=dict, description="the in-process env's info, JSON-safe")
@@ -200,11 +201,15 @@ class TextGymEnvironment(Environment[TextAction, TextObservation, TextState]):
     def _observation(
         self, obs: dict[str, np.ndarray], info: dict[str, Any], reward: float | None, terminated: bool, truncated: bool
     ) -> TextObservation:
-        self._prompt_text = info.get("prompt_text", self._prompt_text)
-        prompt = slice(0, self._setup.max_prompt_tokens)
+        self._prompt_text = info.get("prompt_text", self._prompt_text) if "turn" not in info else self._prompt_text
+        context = obs["attention_mask"] == 1
+        going_on = "turn" in info and not (terminated or truncated)  # a multi-turn episode's next answer is asked
+        if not going_on:
+            context[self._setup.max_prompt_tokens :] = False  # the prompt alone
+        ids = obs["input_ids"][context].tolist()
         return TextObservation(
-            prompt_text=self._prompt_text,
-            prompt_ids=obs["input_ids"][prompt][obs["attention_mask"][prompt] == 1].tolist(),
+            prompt_text=self._setup.tokenizer.decode(ids) if going_on else self._prompt_text,
+            prompt_ids=ids,
             truncated=truncated,
             info=jsonable({k: v for k, v in info.items() if k != "action_mask"}),
             reward=reward,

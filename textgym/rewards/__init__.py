@@ -31,6 +31,12 @@ register_metric(
     "copy_accuracy", "textgym.tasks.copy:copy_scores", 0.0, 1.0,
     "words reproduced at the right position / max(output words, target words)", parallel=False,
 )
+_GUESS = "textgym.tasks.guess:guess_scores"
+register_metric("guess_closeness", _GUESS, 0.0, 1.0, "GuessNumber: 1 - |guess - target| / 9 (0 without a digit)",
+                parallel=False)  # fmt: skip
+register_metric("guess_correct", _GUESS, 0.0, 1.0, "GuessNumber: 1 for the hidden number", parallel=False)
+register_metric("game_score", _GUESS, 0.0, 1.0, "GuessNumber: the mean guess_closeness of the game's guesses so far",
+                parallel=False)  # fmt: skip
 
 # Summarization / dialogue metrics (textgym/rewards/rouge.py, semantic.py, diversity.py)
 _ROUGE = "textgym.rewards.rouge:rouge_scores"

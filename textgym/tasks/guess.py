@@ -45,7 +45,6 @@ import numpy as np
 
 from textgym.data.base import Sample, check_split
 from textgym.errors import ConfigError
-from textgym.rewards.base import register_metric
 from textgym.tasks.base import Task
 
 DIGITS = "0123456789"
@@ -54,12 +53,6 @@ SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 PROMPT = "Guess my number, 0 to 9: one digit. I say higher or lower."
 NO_GUESS = "One digit, 0 to 9."
 _DIGIT = re.compile(r"\d")
-
-register_metric("guess_closeness", "textgym.tasks.guess:guess_scores", 0.0, 1.0,
-                "GuessNumber: 1 - |guess - target| / 9 (0 without a digit)")
-register_metric("guess_correct", "textgym.tasks.guess:guess_scores", 0.0, 1.0, "GuessNumber: 1 for the hidden number")
-register_metric("game_score", "textgym.tasks.guess:guess_scores", 0.0, 1.0,
-                "GuessNumber: the mean guess_closeness of the game's guesses so far")
 
 
 def closeness(text: str, target: int) -> float:
