@@ -20,7 +20,7 @@ from agents.common.decoding import complete, encode_prompts, left_pad
 from agents.common.eval_callback import update_end
 
 #: What ``bf16="auto"`` resolves to on each device type: on only where bf16 autocast was measured faster than
-#: fp32 for the default model's TextPPO update, learning included (docs/trainer.md, "bf16", has the figures).
+#: fp32 for the default model's TextPPO update (benchmarks/bf16_vs_fp32.py), learning included (docs/trainer.md).
 #: CUDA (an H200): slower at every size measured -- SmolLM2-135M 0.50x (batch 8) and 0.78x (batch 64), a 1.07B
 #: Llama 0.63x (8) and 0.79x (32); these updates are launch-bound and autocast adds a cast kernel per matmul.
 #: CPU (AVX512-BF16/AMX): 1.49x since attention runs in fp32 (:func:`~agents.common.lm.fp32_attention`), but
