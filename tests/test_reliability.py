@@ -283,8 +283,9 @@ def test_sigterm_to_textgym_train_exits_0_with_a_checkpoint(tmp_path: Path) -> N
 
 def test_history_stays_bounded_and_spans_the_run() -> None:
     agent = TextPPO("LMPolicy", copy_env(2), seed=0, history_size=4, **FAST)
-    agent.learn(60)
+    while agent.n_updates < 10:
+        agent.learn(1, reset_num_timesteps=False)
     updates = [int(h["train/n_updates"]) for h in agent.history]
-    assert agent.n_updates > 8 and 2 <= len(updates) <= 4
+    assert 2 <= len(updates) <= 4
     assert updates == sorted(updates) and updates[-1] == agent.n_updates  # the newest is always kept
     assert updates[0] <= agent.n_updates // 2  # and the early run is still represented
