@@ -135,3 +135,27 @@ def test_readme_bf16_block_runs_as_written(tmp_path, monkeypatch) -> None:
     namespace: dict = {"__name__": "readme"}
     exec(compile(readme_block("bf16"), "README.md", "exec"), namespace)
     assert namespace["agent"].autocast() is not None  # bf16=True: autocast on
+
+
+def test_fp32_attention_is_sdpa_exactly_outside_autocast_and_bf16_like_inside() -> None:
+    """The CPU bf16 path's attention (fp32 inside autocast) keeps SDPA's masks: left padding included."""
+    from agents.common.lm import fp32_attention
+    from agents.common.policies import LMPolicy
+    from agents.common.rollout import collect_episodes
+
+    env = copy_env(8)
+    policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 0.0, model="tiny-random",
+                      action_mask=env.text_spec.action_mask)  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(0))
+    assert (batch.attention_mask[:, : batch.prompt_len] == 0).any()  # left padding: the mask matters
+    mask = batch.gen_mask
+
+    def logp(bf16: bool) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)[0]
+
+    fp32, bf16 = logp(False), logp(True)
+    assert fp32_attention(policy.lm) and policy.lm.config._attn_implementation != "sdpa"
+    assert torch.equal(logp(False)[mask], fp32[mask])
+    assert (logp(True) - fp32)[mask].abs().max() <= 2 * (bf16 - fp32)[mask].abs().max() + 1e-3

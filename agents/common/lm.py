@@ -53,8 +53,10 @@ def fp32_attention(lm: nn.Module | None) -> bool:
     if lm is None or getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(lm, "set_attn_implementation"):
         return False
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(FP32_ATTENTION, _sdpa_in_fp32)
+    AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)  # the masks SDPA expects (padding included)
     lm.set_attn_implementation(FP32_ATTENTION)
     return True
 
