@@ -103,10 +103,12 @@ class LMAgent:
 
         The context is each slot's real tokens: the prompt, and in a multi-turn episode the conversation so far.
         """
-        from agents.common.decoding import complete, left_pad
+        import torch
 
-        context = [ids[mask.astype(bool)].tolist() for ids, mask in zip(obs["input_ids"], obs["attention_mask"])]
-        ids, mask = left_pad(context, spec.pad_id)
+        from agents.common.decoding import complete
+        from textgym.rollout import left_packed
+
+        ids, mask = (torch.as_tensor(a) for a in left_packed(obs, spec.pad_id))
         rows = complete(self._policy(spec.vocab_size, spec.action_mask), ids, mask, spec.max_new_tokens, spec.eos_id,
                         generator=self._sampling, deterministic=self.greedy)  # fmt: skip
         out = np.full((len(rows), spec.max_new_tokens), spec.eos_id, dtype=np.int64)

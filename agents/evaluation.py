@@ -64,7 +64,8 @@ def evaluate_policy_on_env(
     ``env`` is a :class:`~textgym.vector.TextVectorEnv`; its slots take the samples in
     order (reset option ``index``).  Returns the number of prompts ``n``, of answers, the mean
     reward, the mean of every ``info["metrics"]`` entry over all answers, per-answer records (with each
-    turn's text and score in a multi-turn env) and, with ``samples > 1``, ``at_k`` (:func:`sampled_metrics`).  ``progress``: a tqdm bar on stderr.
+    turn's text and score in a multi-turn env) and, with ``samples > 1``, ``at_k`` (:func:`sampled_metrics`).
+    ``progress``: a tqdm bar on stderr.
     """
     import torch
     from tqdm.auto import tqdm

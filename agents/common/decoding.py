@@ -123,8 +123,8 @@ def decode(
         for t in range(max_new_tokens):
             filtered = policy.filtered_logits(logits)
             choices = sample_tokens(filtered, generator, deterministic)
-            live = torch.as_tensor(rows, device=device)
             if record:
+                live = torch.as_tensor(rows, device=device)
                 logp = torch.log_softmax(filtered, dim=-1).gather(-1, choices.unsqueeze(-1)).squeeze(-1)
                 logps.append(_full(logp, live, n))
                 if policy.critic is None:
