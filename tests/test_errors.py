@@ -145,8 +145,10 @@ def test_bad_limits_and_modes() -> None:
 
 
 def test_unknown_language_lists_available(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot detect language 'xx'; it detects: .*fr \(French\)"):
+        gym.make("textgym/Translation-v0", model=TINY, language="xx")  # the target-language guard needs lingua's
     with pytest.raises(ConfigError, match=r"no \.po files for language 'xx'.*available: \[.*'fr'"):
-        gym.make("textgym/Translation-v0", model=TINY, language="xx")
+        gym.make("textgym/Translation-v0", model=TINY, language="xx", target_language_guard=False)
 
 
 def test_cache_dir_env_var(monkeypatch, tmp_path) -> None:

@@ -15,7 +15,7 @@ from textgym.errors import ConfigError, DataError
 from textgym.tasks.summarization import ACLSUM_FILES, ASPECTS, SummarizationTask, aclsum_dir
 
 ENV_ID = "textgym/Summarization-v0"
-INFO_METRICS = {"rouge1", "rouge2", "rougeL", "length_ratio", "reward"}
+INFO_METRICS = {"rouge1", "rouge2", "rougeL", "length_ratio", "words", "distinct_2", "reward"}
 
 
 def _rows(split: str) -> list[dict]:

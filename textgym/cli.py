@@ -81,7 +81,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"defaults:     {dict(entry.kwargs)}")
     print(f"action space: {env.action_space}")
     print(f"observation:  {env.observation_space}")
-    print(f"reward:       {reward}  range [{low}, {high}]  main metric: {task.main_metric}")
+    guards = f" x {' x '.join(setup.reward.guards)}" if setup.reward.guards else ""
+    print(f"reward:       {reward}{guards}  range [{low}, {high}]  main metric: {task.main_metric}")
     print(f"info metrics: {list(setup.reward.metric_names)}")
     print(f"action mask:  {'yes' if setup.action_mask is not None else 'no'}")
     sizes = task.splits_info()

@@ -95,7 +95,7 @@ class EnvSetup:
     ``split``, ``max_new_tokens``, ``max_prompt_tokens``, ``max_reply_tokens``
     (multi-turn tasks only: the longest message the env appends between two
     answers), ``reward``, ``reward_mode``, ``scoring_workers``; the rest go to
-    the task.
+    the task.  The task's ``reward_guards`` multiply whatever reward is chosen.
     """
 
     def __init__(
@@ -134,6 +134,7 @@ class EnvSetup:
             extra_metrics=self.task.info_metrics,
             owner=f"task {getattr(self.task, 'name', type(self.task).__name__)!r}",
             workers=0 if scoring_workers == 0 else _positive_int("scoring_workers", scoring_workers),
+            guards=self.task.reward_guards,
         )
         self.samples: list[Sample] = self.task.samples(self.split)
         self.eos_id = int(self.tokenizer.eos_token_id)
@@ -347,7 +348,7 @@ class EnvSetup:
         Example:
             >>> import gymnasium as gym, textgym
             >>> from textgym import Sample
-            >>> setup = gym.make("textgym/GuessNumber-v0", model="tiny-random").unwrapped.setup
+            >>> setup = gym.make("textgym/Dialogue-v0", model="tiny-random", turns=2, split="test").unwrapped.setup
             >>> ids, text = setup.reply_ids(Sample("s", "higher", ("7",)), answer_ended_with_eos=False)
             >>> text
             '<|im_end|>\\n<|im_start|>user\\nhigher<|im_end|>\\n<|im_start|>assistant\\n'

@@ -23,10 +23,20 @@ register_metric("ter", f"{_TEXT}:sacrebleu_scores", 0.0, float("inf"), "sacreble
 # workers costs more than computing them.
 register_metric("length_ratio", f"{_TEXT}:length_scores", 0.0, float("inf"), "output words / reference words", parallel=False)
 register_metric("length_penalty", f"{_TEXT}:length_scores", -1.0, 0.0, "-|1 - length_ratio|, clipped at -1", parallel=False)
+register_metric("words", f"{_TEXT}:length_scores", 0.0, float("inf"), "whitespace-separated words of the output", parallel=False)
 register_metric(
     "placeholders", "textgym.tasks.translation:placeholder_scores", 0.0, 1.0,
     "fraction of the source's format placeholders (%(name)s, {obj}, %s) kept in the output", parallel=False,
 )
+# Translation's guard against copying the source (textgym/rewards/language.py, textgym/tasks/translation.py)
+_LANGUAGE = "textgym.rewards.language:language_scores"
+register_metric("target_language", _LANGUAGE, 0.0, 1.0,
+                "1 if lingua (choosing between the sample's source and target language) detects the target", parallel=False)
+register_metric("language_guard", _LANGUAGE, 0.0, 1.0,
+                "target_language, or 1 when the reference itself is not detected as the target", parallel=False)
+_SOURCE = "textgym.tasks.translation:source_scores"
+register_metric("copy_score", _SOURCE, 0.0, 1.0, "sacrebleu chrF / 100 of the output against the SOURCE", parallel=False)
+register_metric("source_copy", _SOURCE, 0.0, 1.0, "1 if the output is the source (case and spacing aside)", parallel=False)
 register_metric(
     "copy_accuracy", "textgym.tasks.copy:copy_scores", 0.0, 1.0,
     "words reproduced at the right position / max(output words, target words)", parallel=False,

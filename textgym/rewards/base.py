@@ -15,6 +15,12 @@ lists the valid names.  ``make_reward`` turns any of these into a
 * ``{"rougeL": 1.0, "length_penalty": 0.2}`` -- a weighted sum;
 * a callable with the signature above.
 
+``guards=`` names metrics with range [0, 1] that multiply the score, whatever
+the reward is: a guard of 0 zeroes it (Translation's ``language_guard`` zeroes
+answers not in the target language). The guards appear in
+``info["metrics"]``; the other metrics stay unguarded, only the score
+(``"reward"``) is multiplied.
+
 A reward function written for Hugging Face TRL, ``f(prompts, completions,
 **columns) -> list[float]``, has the other shape: :func:`reward_style` tells the
 two apart (by signature, or by :func:`trl_reward`'s mark) and rejects a function
@@ -228,6 +234,17 @@ class Reward:
     """A composed reward: weighted built-in metrics or a user callable.
 
     ``extra_metrics`` are computed for ``info["metrics"]`` without weighting.
+    ``guards`` are metrics with range [0, 1] that multiply the score (weighted
+    or the callable's): a guard of 0 zeroes it.  They are computed with the
+    other metrics and reported beside them; only the score is guarded.
+
+    Example:
+        >>> from textgym.data.base import Sample
+        >>> s = Sample("s", "Save the file", ("Enregistrer le fichier",), {"language": "fr", "source_language": "en"})
+        >>> reward = Reward("chrf", guards=("language_guard",))
+        >>> out = reward(["Save the file", "Enregistrer le fichier"], [s, s])  # a copy of the source, a translation
+        >>> out.scores.tolist(), out.metrics["language_guard"].tolist(), bool(out.metrics["chrf"][0] > 0)
+        ([0.0, 1.0], [0.0, 1.0], True)
     """
 
     def __init__(
@@ -236,6 +253,7 @@ class Reward:
         extra_metrics: Sequence[str] = (),
         owner: str = "task",
         workers: int = 0,
+        guards: Sequence[str] = (),
     ) -> None:
         self.owner = owner
         self.workers = workers
@@ -269,16 +287,28 @@ class Reward:
             )
         for name in extra_metrics:
             metric_info(name)
-        self.metric_names = tuple(dict.fromkeys([*self.weights, *extra_metrics]))
+        if isinstance(guards, str):
+            raise ConfigError(f"reward guards of {owner} must be a sequence of metric names, got the string {guards!r}")
+        for name in guards:
+            if not isinstance(name, str) or name not in METRICS:
+                raise ConfigError(f"reward guard {name!r} of {owner} is not a metric; valid metric names: {sorted(METRICS)}")
+            info = METRICS[name]
+            if not 0.0 <= info.low <= info.high <= 1.0:
+                raise ConfigError(
+                    f"reward guard {name!r} of {owner} has range [{info.low}, {info.high}]; a guard multiplies the "
+                    "score, so its range must lie within [0, 1]"
+                )
+        self.guards = tuple(dict.fromkeys(guards))
+        self.metric_names = tuple(dict.fromkeys([*self.weights, *extra_metrics, *self.guards]))
 
     @property
     def range(self) -> tuple[float, float]:
-        """Bounds of the score (``(-inf, inf)`` for a user callable)."""
+        """Bounds of the score (``(-inf, inf)`` for a user callable); with guards, 0 is always inside."""
         if self.function is not None:
             return (-math.inf, math.inf)
         low = sum(w * (metric_info(n).low if w >= 0 else metric_info(n).high) for n, w in self.weights.items())
         high = sum(w * (metric_info(n).high if w >= 0 else metric_info(n).low) for n, w in self.weights.items())
-        return (low, high)
+        return (min(low, 0.0), max(high, 0.0)) if self.guards else (low, high)
 
     def __call__(self, texts: Sequence[str], samples: Sequence[Sample]) -> RewardOutput:
         n = len(texts)
@@ -301,5 +331,7 @@ class Reward:
             scores = np.zeros(n, dtype=np.float64)
             for name, weight in self.weights.items():
                 scores = scores + weight * metrics[name]
+        for name in self.guards:
+            scores = scores * metrics[name]
         metrics["reward"] = scores
         return RewardOutput(scores, metrics, details)

@@ -34,11 +34,16 @@ def length_scores(texts: Sequence[str], samples: Sequence[Sample], names: frozen
     """``length_ratio``: words in the output / words in the shortest reference (0 without one).
 
     ``length_penalty``: ``-|1 - length_ratio|`` clipped at -1, so 0 is best.
+    ``words``: whitespace-separated words of the output (no reference needed).
     """
     ratios = []
     for text, sample in zip(texts, samples):
         ref_len = min((len(r.split()) for r in sample.references), default=0)
         ratios.append(len(text.split()) / ref_len if ref_len else 0.0)
     ratio = np.array(ratios, dtype=np.float64)
-    out = {"length_ratio": ratio, "length_penalty": -np.minimum(np.abs(1.0 - ratio), 1.0)}
+    out = {
+        "length_ratio": ratio,
+        "length_penalty": -np.minimum(np.abs(1.0 - ratio), 1.0),
+        "words": np.array([len(text.split()) for text in texts], dtype=np.float64),
+    }
     return {name: out[name] for name in names}

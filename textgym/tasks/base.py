@@ -24,6 +24,10 @@ class Task:
     Class attributes a subclass sets:
         default_reward: reward spec used when the env gets no ``reward=``.
         info_metrics: metrics always computed for ``info["metrics"]``.
+        reward_guards: metrics with range [0, 1] that multiply the score of
+            any reward (default or ``reward=``), e.g. Translation's
+            ``("language_guard",)``: 0 for an answer not in the target
+            language.  Reported in ``info["metrics"]`` too.
         main_metric: the metric tables and benchmarks report first.
         chat: phrase the prompt with the tokenizer's chat template.
         truncation_side: which side of ``Sample.prompt`` (the data, never the
@@ -32,7 +36,8 @@ class Task:
     """
 
     default_reward: RewardSpec = "chrf"  # a class attribute, or set per instance
-    info_metrics: ClassVar[tuple[str, ...]] = ()
+    info_metrics: tuple[str, ...] = ()  # a class attribute, or set per instance
+    reward_guards: tuple[str, ...] = ()  # a class attribute, or set per instance
     main_metric: ClassVar[str] = "reward"
     chat: ClassVar[bool] = True
     truncation_side: ClassVar[Literal["left", "right"]] = "right"

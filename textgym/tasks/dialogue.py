@@ -169,6 +169,7 @@ class DialogueTask(Task):
     distinct-2 are in ``info["metrics"]`` too (with ``length_ratio``) but not
     in the default reward: random tokens score well on both (see
     ``DEFAULT_WEIGHTS``); ``reward={"chrf": 0.4, ...}`` puts them back.
+    ``words`` (the reply's word count) is reported as well.
 
     Example:
         >>> import gymnasium as gym, textgym
@@ -178,9 +179,9 @@ class DialogueTask(Task):
         True
     """
 
-    description = "Continue a real two-person chat (BYU chit-chat corpus); reward = chrF + semantic + diversity"
+    description = "Continue a real two-person chat (BYU chit-chat corpus); reward = semantic similarity + ROUGE-L + repetition"
     default_reward: ClassVar[RewardSpec] = DEFAULT_WEIGHTS
-    info_metrics = ("chrf", "rougeL", "semantic_similarity", "distinct_2", "repetition", "length_ratio")
+    info_metrics = ("chrf", "rougeL", "semantic_similarity", "distinct_2", "repetition", "length_ratio", "words")
     main_metric = "reward"
     truncation_side: ClassVar[Literal["left", "right"]] = "left"
 

@@ -117,8 +117,9 @@ class SummarizationTask(Task):
     """Summarize a document (default: one aspect of an ACL paper) in a sentence or a few.
 
     Rewards: ROUGE-L F1 (rouge-score, stemmed) by default; ``info["metrics"]``
-    also holds ROUGE-1/2 F1 and ``length_ratio`` (output words / reference
-    words).  ``reward={"rougeL": 1.0, "length_penalty": 0.2}`` weights metrics.
+    also holds ROUGE-1/2 F1, ``length_ratio`` (output words / reference
+    words), ``words`` (output words) and ``distinct_2`` (distinct word bigrams
+    / bigrams: low for an answer that loops).  ``reward={"rougeL": 1.0, "length_penalty": 0.2}`` weights metrics.
 
     Example:
         >>> import gymnasium as gym, textgym
@@ -130,7 +131,7 @@ class SummarizationTask(Task):
 
     description = "Summarize one aspect of an ACL paper (ACLSum) or your own documents; reward = ROUGE-L F1"
     default_reward = "rougeL"
-    info_metrics = ("rouge1", "rouge2", "rougeL", "length_ratio")
+    info_metrics = ("rouge1", "rouge2", "rougeL", "length_ratio", "words", "distinct_2")
     main_metric = "rougeL"
     truncation_side: ClassVar[Literal["left", "right"]] = "right"
 

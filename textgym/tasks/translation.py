@@ -5,11 +5,23 @@ the installed ``django`` wheel (``conf/locale`` and every ``contrib`` app),
 about 1,200 French pairs and ~100 languages.  Any folder of ``.po`` files
 (``po_dir=``, e.g. your own app's ``locale``), JSONL/CSV files
 (``data_files=``) or a Hugging Face dataset (``dataset=``) work too.
+
+Guarded reward: SmolLM2-135M cannot translate, and copying the English source
+already scores chrF 0.336 on the test split, so RL drifts toward copying.  By
+default (``target_language_guard=True``) the reward is multiplied by
+``language_guard`` (:mod:`textgym.rewards.language`): 0 for an answer that
+lingua-language-detector, choosing between the source and target languages,
+does not detect as the target language -- unless the reference itself is not
+detected as it either ("OK", "E-mail"), so a correct answer keeps its score.
+``info["metrics"]`` also reports ``target_language``, ``copy_score`` (chrF
+against the source), ``source_copy`` (the answer is the source), ``words`` and
+``distinct_2``, guard or not.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.util
 import os
 import re
@@ -23,6 +35,7 @@ from textgym.data.base import Sample, check_split, split_samples
 from textgym.data.gettext import read_po
 from textgym.data.source import UserData
 from textgym.errors import ConfigError, DataError, DependencyNotInstalled
+from textgym.rewards.language import lingua_code
 from textgym.tasks.base import Task
 
 LANGUAGE_NAMES = {
@@ -52,6 +65,34 @@ def placeholder_scores(texts: Sequence[str], samples: Sequence[Sample], names: f
     return {"placeholders": np.array(scores, dtype=np.float64)}
 
 
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def source_scores(texts: Sequence[str], samples: Sequence[Sample], names: frozenset[str]) -> dict[str, np.ndarray]:
+    """How much of each output is its source string (``Sample.prompt``).
+
+    ``copy_score``: sacrebleu sentence chrF of the output against the source, / 100.
+    ``source_copy``: 1.0 when the output is the source, ignoring case and spacing.
+
+    Example:
+        >>> s = Sample("s", "Save  the file")
+        >>> out = source_scores(["save the file", "Enregistrer"], [s, s], frozenset({"copy_score", "source_copy"}))
+        >>> out["source_copy"].tolist(), round(float(out["copy_score"][1]), 2)
+        ([1.0, 0.0], 0.06)
+    """
+    out: dict[str, np.ndarray] = {}
+    if "copy_score" in names:
+        from textgym.rewards import fast_metrics  # imports sacrebleu: only when the metric is used
+
+        chrf = fast_metrics.chrf_scores(texts, [[s.prompt] for s in samples])
+        out["copy_score"] = np.array(chrf, dtype=np.float64) / 100.0
+    if "source_copy" in names:
+        same = [_normal(t) == _normal(s.prompt) for t, s in zip(texts, samples)]
+        out["source_copy"] = np.array(same, dtype=np.float64)
+    return out
+
+
 def django_locale_dirs() -> list[Path]:
     """Every ``locale`` folder of the installed Django (found without importing it)."""
     spec = importlib.util.find_spec("django")
@@ -75,11 +116,31 @@ def available_languages(roots: Sequence[Path]) -> list[str]:
 
 
 class TranslationTask(Task):
-    """Translate an English software string into ``language``."""
+    """Translate an English software string into ``language`` (a locale code: ``"fr"``, ``"pt_BR"``).
 
-    description = "Translate English software strings (gettext catalogs) into another language; chrF reward"
+    Reward: chrF (or ``reward=``) times ``language_guard`` while
+    ``target_language_guard=True`` (the default): an answer that is not in the
+    target language scores 0 (see the module docstring).  Both languages must
+    be ones lingua-language-detector knows (``source_language`` is a name such
+    as ``"English"``); an unknown one raises :class:`ConfigError` here, with
+    the list.  ``target_language_guard=False`` scores without the guard and
+    works for any language (``target_language`` is then reported only when
+    lingua knows both).
+
+    Example:
+        >>> import gymnasium as gym, textgym
+        >>> from textgym.wrappers import SequenceLevel
+        >>> env = SequenceLevel(gym.make("textgym/Translation-v0", model="tiny-random", split="test"))
+        >>> obs, info = env.reset(seed=0)
+        >>> _, reward, *_, info = env.step(info["prompt"])  # copy the English source
+        >>> reward, info["metrics"]["source_copy"], info["metrics"]["target_language"]
+        (0.0, 1.0, 0.0)
+    """
+
+    description = "Translate English software strings (gettext catalogs) into another language; chrF, language-guarded"
     default_reward = "chrf"
-    info_metrics = ("chrf", "bleu", "ter", "placeholders")
+    info_metrics = ("chrf", "bleu", "ter", "placeholders", "target_language", "copy_score", "source_copy", "words",
+                    "distinct_2")  # fmt: skip
     main_metric = "chrf"
 
     def __init__(
@@ -92,6 +153,7 @@ class TranslationTask(Task):
         fields: Mapping[str, str] | None = None,
         source_language: str = "English",
         on_bad_row: str = "raise",
+        target_language_guard: bool = True,
     ) -> None:
         super().__init__()
         self.user_data = UserData(
@@ -101,11 +163,37 @@ class TranslationTask(Task):
             raise ConfigError("give at most one of po_dir=, data_files= and dataset=")
         if not isinstance(language, str) or not language:
             raise ConfigError(f"language must be a locale code such as 'fr' or 'de', got {language!r}")
+        if not isinstance(source_language, str) or not source_language:
+            raise ConfigError(f"source_language must be a language name such as 'English', got {source_language!r}")
         self.language = language
         self.language_name = LANGUAGE_NAMES.get(language, language)
         self.source_language = source_language
         self.po_dir = po_dir
+        if not isinstance(target_language_guard, bool):
+            raise ConfigError(f"target_language_guard must be True or False, got {target_language_guard!r}")
+        self.target_language_guard = target_language_guard
+        #: (target, source) ISO 639-1 codes as lingua knows them, put on every sample's meta;
+        #: None when lingua cannot tell the two apart (only allowed without the guard)
+        self.lingua_languages = self._lingua_languages()
+        if self.lingua_languages is None:
+            self.info_metrics = tuple(m for m in type(self).info_metrics if m != "target_language")
+        if target_language_guard:
+            self.reward_guards = ("language_guard",)
         self._catalog: list[Sample] | None = None
+
+    def _lingua_languages(self) -> tuple[str, str] | None:
+        try:
+            target, source = lingua_code(self.language), lingua_code(self.source_language)
+            if target == source:
+                raise ConfigError(f"language={self.language!r} and source_language={self.source_language!r} are "
+                                  f"the same language ({target!r}) to lingua-language-detector")
+        except ConfigError as err:
+            if self.target_language_guard:
+                raise ConfigError(f"TranslationTask: the target-language guard (target_language_guard=True) needs "
+                                  f"lingua to tell the target language from the source; pass "
+                                  f"target_language_guard=False to score without it. {err}") from None
+            return None
+        return target, source
 
     def messages(self, sample: Sample) -> list[dict[str, str]]:
         return [
@@ -148,6 +236,10 @@ class TranslationTask(Task):
     def load(self, split: str) -> list[Sample]:
         split = check_split(split)
         if self.user_data.given:
-            return self.user_data.load(split)
-        # split by source string: a string never appears in two splits
-        return split_samples(self._catalog_samples(), split, key=lambda s: s.prompt)
+            samples = self.user_data.load(split)
+        else:  # split by source string: a string never appears in two splits
+            samples = split_samples(self._catalog_samples(), split, key=lambda s: s.prompt)
+        if self.lingua_languages is None:
+            return samples
+        target, source = self.lingua_languages
+        return [dataclasses.replace(s, meta={**s.meta, "language": target, "source_language": source}) for s in samples]
