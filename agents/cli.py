@@ -67,9 +67,10 @@ from agents.run_config import (
     config_flags,
     run_settings,
 )
+from agents.sft import add_sft_arguments
 
 DEFAULT_EVAL_EPISODES = 32
-TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
+TRAIN_USAGE = "%(prog)s ID [--algo NAME] [--config YAML] [--model M | --init RUN] [--timesteps N] [--out DIR] [--FIELD VALUE ...]"
 TUNE_USAGE = "%(prog)s ID [--algo NAME] [--trials N] [--timeout S] [--storage URL] [--out DIR] [--timesteps N] [--FIELD VALUE ...]"
 
 
@@ -91,6 +92,13 @@ def add_commands(subparsers: Any) -> None:
                         description="Benchmark agents across envs: results.json, results.md and plots.")  # fmt: skip
     add_bench_arguments(bench, _positive_int)
     bench.set_defaults(func=bench_command)
+
+    sft = _add_parser(subparsers, "sft", _CommandParser, help="supervised warm start on an env's references",
+                      description="Fine-tune the env's model on its train split's references (the env's own prompts, "
+                      "loss on the answer tokens only); writes a run directory for `textgym train --init`, "
+                      "`textgym eval --checkpoint` and `textgym bench`.")  # fmt: skip
+    add_sft_arguments(sft, _positive_int)
+    sft.set_defaults(func=sft_command)
 
     _add_parser(subparsers, "tune", _TuneParser, help="search an algorithm's hyperparameters with Optuna",
                 description="Search an algorithm's hyperparameters with Optuna (TPE, median pruning on the validation "
@@ -204,6 +212,9 @@ def _add_run_arguments(train: argparse.ArgumentParser) -> None:
                        help=f"run.yaml with keys {', '.join(RUN_KEYS)} and the config fields below with underscores, "
                        "e.g. learning_rate: 1e-3; flags override it (default: none)")  # fmt: skip
     train.add_argument("--model", metavar="M", default=None, help="model alias, path or hub id (default: the env's default)")
+    train.add_argument("--init", metavar="RUN", default=None,
+                       help="start from this model instead of --model, also the KL reference: a `textgym sft` run "
+                       "directory (its newest checkpoint), a checkpoint or a Hugging Face model dir")  # fmt: skip
     train.add_argument("--timesteps", metavar="N", type=_positive_int, default=None,
                        help=f"generated tokens of the whole run (default: {DEFAULT_TIMESTEPS}; with --resume the run's own target)")  # fmt: skip
     train.add_argument("--num-envs", metavar="N", type=_positive_int, default=None,
@@ -273,7 +284,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.eval_episodes is not None and args.eval_every is None:
         raise ConfigError("--eval-episodes needs --eval-every N (evaluate every N updates)")
     if args.resume is not None:
-        given = [f"--{k.replace('_', '-')}" for k in ("algo", "config", "model", "num_envs", "seed") if getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in ("algo", "config", "model", "init", "num_envs", "seed") if getattr(args, k) is not None]
         given += [f"--{k.replace('_', '-')}" for k in config_flags(args)]
         if given:
             raise ConfigError(f"--resume takes the run's algorithm and settings from its checkpoint; drop {' '.join(given)}")
@@ -331,10 +342,22 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """``textgym bench`` (:func:`agents.benchmark.bench_main`)."""
+    """``textgym bench`` (:func:`agents.benchmark.bench_main`); with ``--recipes``, the trained-agent leaderboard
+    (:func:`agents.recipes.recipes_main`)."""
+    if args.recipes is not None:
+        from agents.recipes import recipes_main
+
+        return recipes_main(args)
     from agents.benchmark import bench_main
 
     return bench_main(args)
+
+
+def sft_command(args: argparse.Namespace) -> int:
+    """``textgym sft`` (:func:`agents.sft.sft_main`)."""
+    from agents.sft import sft_main
+
+    return sft_main(args)
 
 
 def tune_command(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ def evaluate_policy_on_env(
     seed: int = 0,
     samples: int = 1,
     progress: bool = False,
+    reference: Any = None,
 ) -> dict[str, Any]:
     """Run the first ``episodes`` samples of ``env``'s split (all when None), ``samples`` answers each.
 
@@ -66,6 +67,13 @@ def evaluate_policy_on_env(
     reward, the mean of every ``info["metrics"]`` entry over all answers, per-answer records (with each
     turn's text and score in a multi-turn env) and, with ``samples > 1``, ``at_k`` (:func:`sampled_metrics`).
     ``progress``: a tqdm bar on stderr.
+
+    ``reference`` (an LM, e.g. the original model of a trained policy): each record also gets the answer's
+    log-likelihood under it and under ``policy`` (teacher-forced on the tokens the policy wrote), and the result
+    ``naturalness``: ``perplexity`` (the reference's per-token perplexity of all answers: GRUE's naturalness
+    measure, lower is more like the reference's own text) and ``logratio`` (the mean over answers of
+    ``log pi(answer) - log ref(answer)``: the KL estimate k1 on these answers; greedy answers are the policy's
+    most likely ones, so it is larger than the KL of sampled answers).
     """
     import torch
     from tqdm.auto import tqdm
@@ -89,6 +97,7 @@ def evaluate_policy_on_env(
         obs, _ = env.reset(seed=seed if first == 0 else None, options={"index": indices})
         batch = collect_episodes(policy, env, obs, generator=generator, deterministic=deterministic)
         assert batch is not None  # no callback: never aborted
+        scored = answer_likelihoods(policy, reference, batch) if reference is not None else None
         for slot, (index, k) in enumerate(chunk):
             info = batch.infos[slot]
             records.append({"index": index, "sample": k, "sample_id": info.get("sample_id"), "prompt": info.get("prompt"),
@@ -96,6 +105,8 @@ def evaluate_policy_on_env(
                             "reward": float(batch.scores[slot]), "tokens": int(batch.lengths[slot]),
                             "metrics": dict(info.get("metrics") or {}),
                             **{key: info[key] for key in ("turns", "turn_texts", "turn_scores") if key in info}})  # fmt: skip
+            if scored is not None:
+                records[-1].update({key: float(values[slot]) for key, values in scored.items()})
         bar.update(len(chunk))
     bar.close()
     metrics = {name: float(np.mean([r["metrics"][name] for r in records])) for name in records[0]["metrics"]}
@@ -111,7 +122,26 @@ def evaluate_policy_on_env(
     }
     if samples > 1:
         result["at_k"] = sampled_metrics(records, env.text_spec.main_metric, samples)
+    if reference is not None:
+        tokens = sum(r["scored_tokens"] for r in records)
+        result["naturalness"] = {"perplexity": float(np.exp(-sum(r["logp_reference"] for r in records) / max(tokens, 1))),
+                                 "logratio": float(np.mean([r["logp_policy"] - r["logp_reference"] for r in records]))}  # fmt: skip
     return result
+
+
+def answer_likelihoods(policy: Any, reference: Any, batch: Any) -> dict[str, Any]:
+    """Per answer of ``batch``: the summed log-probs of its generated tokens under ``policy`` and under the LM
+    ``reference`` (one teacher-forced forward each, the policy's sampling transform on both), and their count."""
+    import torch
+
+    mask = batch.gen_mask
+    with torch.no_grad():
+        logp, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)
+        with policy.swapped_lm(reference):
+            ref, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)
+    return {"logp_policy": torch.where(mask, logp, 0.0).sum(1).cpu().numpy(),
+            "logp_reference": torch.where(mask, ref, 0.0).sum(1).cpu().numpy(),
+            "scored_tokens": mask.sum(1).cpu().numpy()}  # fmt: skip
 
 
 def write_records(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -143,6 +173,9 @@ def add_eval_arguments(ev: argparse.ArgumentParser, positive_int: Any) -> None:
     ev.add_argument("--output", metavar="FILE.jsonl", default=None,
                     help="write every answer (prompt, output, references, reward, metrics) there, one JSON per line "
                     "(default: not written)")  # fmt: skip
+    ev.add_argument("--reference", metavar="M", default=None,
+                    help="also score the answers under this model (e.g. the original one): their perplexity under it "
+                    "(naturalness) and the log-ratio log pi - log ref (default: not scored)")  # fmt: skip
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON, the \"loaded\" line on stderr (default: a table)")
 
@@ -171,8 +204,13 @@ def eval_main(args: argparse.Namespace) -> int:
     policy = policy_for(spec, env.text_spec.vocab_size, env.text_spec.action_mask,
                         temperature=args.temperature).to(device)  # the policy class that fits the model
     samples = args.samples or 1
+    reference = None
+    if args.reference is not None:
+        from agents.common.lm import load_causal_lm
+
+        reference = load_causal_lm(args.reference).to(device).eval()
     result = evaluate_policy_on_env(policy, env, args.episodes, deterministic=args.samples is None, seed=args.seed,
-                                    samples=samples, progress=True)  # fmt: skip
+                                    samples=samples, progress=True, reference=reference)  # fmt: skip
     if args.output is not None:
         write_records(result["records"], args.output)
     summary = {k: v for k, v in result.items() if k != "records"}
@@ -189,6 +227,7 @@ def eval_main(args: argparse.Namespace) -> int:
         rows["reward"] = result["reward_mean"]
     rows.update(result.get("at_k", {}))
     rows["tokens"] = result["tokens_mean"]
+    rows.update({f"{name} (vs {args.reference})": value for name, value in result.get("naturalness", {}).items()})
     width = max(len(name) for name in rows)
     for name, value in rows.items():
         print(f"  {name:<{width}}  {value:.4f}{'  (main metric)' if name == main else ''}")

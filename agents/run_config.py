@@ -219,6 +219,22 @@ def _check_run_key(key: str, value: Any) -> Any:
     return value
 
 
+def init_model(path: str, env_id: str) -> str:
+    """The model dir that ``--init PATH`` starts RL from: a warm-start run (``textgym sft``: its newest checkpoint),
+    an RL run or checkpoint, or a Hugging Face model dir; a warm start of another env is refused."""
+    from agents.common.checkpoints import resolve_checkpoint
+    from agents.sft import sft_meta
+    from textgym.errors import ConfigError
+
+    found = resolve_checkpoint(path, allow_model=True)
+    if not (found / "config.json").is_file():
+        raise ConfigError(f"--init {path!r}: {str(found)!r} holds no Hugging Face model (config.json)")
+    meta = sft_meta(found)
+    if meta is not None and meta.get("env") != env_id:
+        raise ConfigError(f"--init {path!r} is a warm start on {meta.get('env')!r}, not {env_id!r}")
+    return str(found)
+
+
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """A new run's settings from the ``--config`` YAML and the flags (flags win), all checked before anything
     loads: ``algo``, ``config`` (the algorithm's config object), ``model``, ``num_envs``, ``seed``,
@@ -238,6 +254,12 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"algo": algo, "config": config, "model": pick("model", None), "num_envs": pick("num_envs", DEFAULT_NUM_ENVS),
                 "seed": pick("seed", DEFAULT_SEED), "timesteps": pick("timesteps", DEFAULT_TIMESTEPS),
                 "verbose": pick("verbose", DEFAULT_VERBOSE), "env": dict(run.get("env", {}))}  # fmt: skip
+    init = getattr(args, "init", None)
+    if init is not None:
+        if settings["model"] is not None:
+            raise ConfigError(f"--init {init!r} is the model to start from (and the KL reference); drop --model "
+                              f"{settings['model']!r}")  # fmt: skip
+        settings["model"] = init_model(init, args.id)
     if settings["model"] is not None:
         settings["env"]["model"] = settings["model"]
     if settings["num_envs"] % config.group_size:

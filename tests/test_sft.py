@@ -1,0 +1,138 @@
+"""Supervised warm start (agents.sft, textgym sft), RL from it (textgym train --init), the answers' naturalness
+under the original model (eval --reference) and the trained-agent leaderboard (textgym bench --recipes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import textgym  # noqa: F401
+from agents.common.lm import load_causal_lm
+from agents.recipes import RecipeBudget, parse_recipes, run_recipes
+from agents.sft import SFTConfig, answer_loss, demonstrations, sft_meta, train_sft
+from textgym.cli import main
+from textgym.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = "tiny-random"
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> dict:
+    """A warm start of Copy-v0 (tiny-random, a rate for a random model)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("sft") / "copy-sft"
+    config = SFTConfig(epochs=2, learning_rate=3e-3, max_samples=128, validation_samples=32)
+    return train_sft("textgym/Copy-v0", model=TINY, out=out, config=config, progress=False)
+
+
+def test_the_warm_start_learns_the_references_held_out(warm) -> None:
+    losses = warm["validation_loss"]  # before training, then after each epoch (answer tokens of validation samples)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+    run = Path(warm["checkpoint"]).parent
+    rows = (run / "progress.csv").read_text().splitlines()
+    assert rows[0].startswith("sft/loss") and len(rows) - 1 >= warm["steps"]
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_the_checkpoint_is_a_model_dir_with_its_settings(warm) -> None:
+    path = Path(warm["checkpoint"])
+    meta = sft_meta(path)
+    assert meta["env"] == "textgym/Copy-v0" and meta["base_model"] == TINY and meta["epochs"] == 2
+    assert meta["steps"] == warm["steps"] == 2 * math.ceil(128 / 8)
+    trained, base = load_causal_lm(str(path)), load_causal_lm(TINY)
+    moved = [n for (n, p), q in zip(trained.named_parameters(), base.parameters()) if not torch.equal(p, q)]
+    assert moved  # the weights changed, and the tokenizer travels with them
+    assert (path / "tokenizer.json").is_file()
+
+
+def test_demonstrations_are_the_envs_prompt_then_the_reference_and_eos() -> None:
+    env = gym.make("textgym/Copy-v0", model=TINY, max_new_tokens=4)
+    setup = env.unwrapped.setup
+    obs, info = env.reset(seed=0, options={"index": 3})
+    (prompt, answer), = demonstrations(setup, [3])
+    mask = obs["attention_mask"][: setup.max_prompt_tokens].astype(bool)
+    assert prompt == obs["input_ids"][: setup.max_prompt_tokens][mask].tolist()
+    reference = setup.tokenizer(setup.samples[3].references[0], add_special_tokens=False)["input_ids"]
+    assert answer == (reference + [setup.eos_id])[:4]  # cut as the env cuts an episode
+
+
+def test_the_loss_is_on_answer_tokens_only_and_padding_changes_nothing() -> None:
+    lm = load_causal_lm(TINY).eval()
+    rows = [([5, 6, 7, 8, 9], [10, 11]), ([12, 13], [14, 15, 16, 2])]
+    with torch.no_grad():
+        loss, n = answer_loss(lm, rows, pad_id=0, device="cpu")
+        hand = 0.0
+        for prompt, answer in rows:  # each row alone, unpadded, through the bare model
+            logits = lm(torch.tensor([prompt + answer])).logits[0]
+            hand += float(F.cross_entropy(logits[len(prompt) - 1 : -1], torch.tensor(answer), reduction="sum"))
+    assert n == 6 and float(loss) == pytest.approx(hand, rel=1e-5)
+
+
+def test_bad_settings_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        SFTConfig(epochs=0)
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number > 0"):
+        SFTConfig(learning_rate=float("nan"))
+    with pytest.raises(ConfigError, match="single-turn answers.*max_turns=4"):
+        train_sft("textgym/GuessNumber-v0", model=TINY, out="/tmp/textgym-never", progress=False)
+    with pytest.raises(ConfigError, match="unknown recipe.*allowed: zero-shot, sft, ppo"):
+        parse_recipes("sft+sft")
+
+
+def test_train_init_starts_from_the_warm_start_which_is_also_the_reference(warm, tmp_path, capsys) -> None:
+    run = str(Path(warm["checkpoint"]).parent)
+    out = tmp_path / "rl"
+    assert main(["train", "textgym/Copy-v0", "--init", run, "--timesteps", "64", "--out", str(out), "--report-to", "csv"]) == 0
+    from agents import load_agent
+
+    agent = load_agent(out)
+    assert agent.model_spec == warm["checkpoint"]
+    warm_lm = load_causal_lm(warm["checkpoint"])
+    for p, q in zip(agent.reference.parameters(), warm_lm.parameters()):
+        assert torch.equal(p, q)
+    assert main(["train", "textgym/Copy-v0", "--init", run, "--model", TINY]) == 2
+    assert "drop --model" in capsys.readouterr().err
+    assert main(["train", "textgym/Translation-v0", "--init", run]) == 2
+    assert "a warm start on 'textgym/Copy-v0', not 'textgym/Translation-v0'" in capsys.readouterr().err
+
+
+def test_eval_reference_scores_perplexity_and_logratio(warm, capsys) -> None:
+    assert main(["eval", "textgym/Copy-v0", "--checkpoint", warm["checkpoint"], "--reference", TINY, "--episodes", "8",
+                 "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    nat = summary["naturalness"]
+    assert nat["perplexity"] > 1 and math.isfinite(nat["logratio"])
+    assert main(["eval", "textgym/Copy-v0", "--model", TINY, "--reference", TINY, "--episodes", "8", "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)["naturalness"]
+    assert same["logratio"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
+
+
+def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path) -> None:
+    budget = RecipeBudget(sft_epochs=1, updates=1, num_envs=8, max_new_tokens=8)
+    kwargs = dict(seeds=[0], budget=budget, episodes=8, model=TINY, out=tmp_path / "lb", progress=False)
+    results = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)
+    cells = {c["recipe"]: c for c in results["cells"]}
+    assert set(cells) == {"zero-shot", "sft", "sft+ppo"} and not any(c["error"] for c in cells.values())
+    # sft+ppo started from the same warm start as sft (trained once), and trained one update from it
+    assert cells["sft+ppo"]["stages"]["sft"]["checkpoint"] == cells["sft"]["stages"]["sft"]["checkpoint"]
+    assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1
+    assert cells["zero-shot"]["naturalness"]["logratio"] == pytest.approx(0.0, abs=1e-6)
+    rows = {r["recipe"]: r for r in results["table"]}
+    diff = np.asarray(cells["sft"]["per_sample"]) - np.asarray(cells["zero-shot"]["per_sample"])
+    assert rows["sft"]["change"] == pytest.approx(diff.mean())
+    assert rows["sft"]["change_se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)))
+    md = (tmp_path / "lb" / "results.md").read_text()
+    assert "| Copy-v0 | sft+ppo |" in md and (tmp_path / "lb" / "leaderboard.png").is_file()
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()}
+    again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)  # resumes: nothing is trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()} == stamp
+    assert again["table"] == results["table"]
