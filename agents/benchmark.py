@@ -331,12 +331,23 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
                        help="comma-separated: random, zero-shot, ALGO:DIR (ppo:, grpo:, rloo:, nlpo:; the checkpoint "
                        "must be that algorithm's) or checkpoint:DIR (any algorithm or a Hugging Face model dir); DIR: "
                        "a run directory (its newest valid checkpoint-*) or one checkpoint (default: random,zero-shot)")  # fmt: skip
-    bench.add_argument("--episodes", type=positive_int, default=16, help="episodes per (env, agent) cell (default: 16)")
+    bench.add_argument("--episodes", type=positive_int, default=None,
+                       help="test samples per cell (default: 16; with --recipes: the whole test split)")  # fmt: skip
     bench.add_argument("--split", default="test", help="(default: test)")
     bench.add_argument("--seed", type=int, default=0, help="(default: 0)")
     bench.add_argument("--model", default=None, help="model of zero-shot and of the envs' tokenizer (default: SmolLM2)")
     bench.add_argument("--out", default="bench_results", help="output folder, re-run to resume (default: bench_results)")
     bench.add_argument("--device", default="auto", help="where the LM agents run: auto, cpu, cuda or cuda:N (default: auto)")
+    recipes = bench.add_argument_group("trained-agent leaderboard (--recipes; agents.recipes)")
+    recipes.add_argument("--recipes", default=None,
+                         help="train each recipe with the same budget, then score it on the test split (instead of "
+                         "--agents): zero-shot, sft, ppo, grpo, rloo, nlpo, sft+ppo, sft+grpo, ... (comma-separated)")  # fmt: skip
+    recipes.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
+    recipes.add_argument("--updates", type=positive_int, default=20, help="RL updates per recipe (default: 20)")
+    recipes.add_argument("--num-envs", type=positive_int, default=16, help="episodes per RL update (default: 16)")
+    recipes.add_argument("--sft-epochs", type=positive_int, default=2, help="warm-start epochs (default: 2)")
+    recipes.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length (default: the env's)")
+    recipes.add_argument("--bf16", default="auto", choices=["auto", "true", "false"], help="bf16 autocast (default: auto)")
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -350,7 +361,7 @@ def bench_main(args: argparse.Namespace) -> int:
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     parse_envs(args.envs)
     check_agent_specs(agents)
-    results = run_benchmark(args.envs, agents, episodes=args.episodes, split=args.split, seed=args.seed,
+    results = run_benchmark(args.envs, agents, episodes=args.episodes or 16, split=args.split, seed=args.seed,
                             model=args.model, out=args.out, device=device)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())
     failed = [cell for cell in results["cells"] if cell.get("error")]
@@ -359,3 +370,4 @@ def bench_main(args: argparse.Namespace) -> int:
     plots = ["main_metric.png"] + (["training_curves.png"] if (Path(args.out) / "training_curves.png").is_file() else [])
     print(f"wrote {args.out}/results.json, results.md, {', '.join(plots)}")
     return 1 if failed else 0
+

@@ -8,40 +8,25 @@ from agents import demo
 
 
 def test_demo_flags_parse():
-    args = demo.parse_args(
-        ["--env-kwargs", '{"max_prompt_tokens": 64}', "--n-rollouts", "2", "--batch-size", "4", "--lora"]
-    )
-    assert args.env_kwargs == {"max_prompt_tokens": 64}
-    assert args.n_rollouts == 2 and args.batch_size == 4 and args.lora
+    args = demo.parse_args(["--env-kwargs", '{"max_prompt_tokens": 64}', "--rl-config", '{"kl_coef": 0.05}', "--updates", "3"])
+    assert args.env_kwargs == {"max_prompt_tokens": 64} and args.rl_config == {"kl_coef": 0.05} and args.updates == 3
     defaults = demo.parse_args([])
-    assert defaults.env_kwargs == {} and defaults.batch_size is None and defaults.n_rollouts == 1
+    assert defaults.env == "textgym/Translation-v0" and defaults.algo == "ppo" and defaults.eval_episodes is None
+    assert defaults.sft_epochs >= 1 and defaults.updates >= 1  # a budget in epochs and updates, never in minutes
 
 
 def test_demo_runs_end_to_end_with_the_tiny_model(tmp_path, tiny):
     args = demo.parse_args(
-        ["--out", str(tmp_path), "--env", "textgym/Copy-v0", "--model", tiny, "--minutes", "0.001",
-         "--eval-episodes", "4", "--num-envs", "4", "--max-new-tokens", "4", "--env-kwargs", "{}",
-         "--threads", "1"]
+        ["--out", str(tmp_path), "--env", "textgym/Copy-v0", "--model", tiny, "--sft-epochs", "1", "--updates", "2",
+         "--eval-episodes", "4", "--num-envs", "4", "--max-new-tokens", "4", "--threads", "1", "--bf16", "false"]
     )  # fmt: skip
     results = demo.run(args)
-    assert results["test_samples"] == 4 and results["updates"] >= 1
-    assert results["train_episodes"] == results["updates"] * 4
+    cells = {c["recipe"]: c for c in results["cells"]}
+    assert set(cells) == {"zero-shot", "sft", "sft+ppo"} and all(c["n"] == 4 for c in cells.values())
+    assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 2  # the budget is counted in updates
     saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
-    assert saved["main_metric"] == results["main_metric"] and "final_kl_to_reference" in saved
-    assert saved["change_standard_error"] >= 0
-    assert (tmp_path / "learning_curve.png").is_file() and (tmp_path / "samples.jsonl").is_file()
-
-
-def test_ppo_real_task_benchmark_prints_a_table(tmp_path, tiny, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_real_task.py"
-    spec = importlib.util.spec_from_file_location("ppo_real_task", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--seeds", "0", "--out", str(tmp_path), "--", "--env", "textgym/Copy-v0", "--model", tiny,
-                 "--minutes", "0.001", "--eval-episodes", "4", "--num-envs", "4", "--max-new-tokens", "4"])  # fmt: skip
-    table = (tmp_path / "summary.md").read_text(encoding="utf-8")
-    assert "| 0 | 4 |" in table and "final KL to ref" in table
-    assert (tmp_path / "seed0" / "results.json").is_file()
+    rows = {r["recipe"]: r for r in saved["table"]}
+    assert rows["sft+ppo"]["change_se"] >= 0 and "perplexity" in rows["sft"]
+    lines = (tmp_path / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and set(json.loads(lines[0])) >= {"prompt", "zero-shot", "sft", "sft+ppo"}
+    assert (tmp_path / "learning_curve.png").is_file() and "| Copy-v0 | sft+ppo |" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,365 @@
+"""The trained-agent leaderboard: train each recipe with the same budget on each task, score it on the test split.
+
+A *recipe* is how an agent is made from the env's model:
+
+* ``zero-shot``: the model as it is;
+* ``sft``: a supervised warm start on the train split's references (:mod:`agents.sft`);
+* ``ppo``, ``grpo``, ``rloo``, ``nlpo``: RL from the model (the algorithm's KL reference: the model);
+* ``sft+ppo``, ``sft+grpo``, ...: RL from the warm start (the KL reference: the warm start).
+
+Every recipe gets the same :class:`RecipeBudget`: ``sft_epochs`` passes over the train split for the warm start
+(shared by ``sft`` and every ``sft+ALGO`` of a seed: trained once) and ``updates`` RL updates of ``num_envs``
+episodes.  Each trained agent answers the whole test split greedily (or its first ``episodes`` samples); a
+cell holds every ``info["metrics"]`` mean, the per-sample main metric (for paired comparisons), and, scored
+under the ORIGINAL model (:func:`agents.evaluation.evaluate_policy_on_env`'s ``reference``): the answers'
+perplexity (naturalness) and ``logratio`` (KL to the original model, estimated on the answers).  Several seeds
+give several cells per (task, recipe); the table reports the mean over seeds, and the change against
+zero-shot with its paired standard error over test samples (each sample's metric averaged over the seeds).
+
+Cells and trained runs are stored in ``OUT/`` as they finish, so re-running with the same ``OUT`` resumes.
+
+    textgym bench --recipes zero-shot,sft,ppo,sft+ppo --envs textgym/Translation-v0 --seeds 0,1,2 --out lb
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgym.errors import ConfigError
+
+#: RL settings of every recipe's RL stage (``RecipeBudget.rl_config`` changes them): the demo's measured
+#: full-fine-tuning settings for the 135M model (benchmarks/ppo_real_task.py), fields every algorithm has.
+RL_DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5, "n_epochs": 4, "kl_coef": 0.01, "temperature": 0.7,
+                               "group_size": 4, "n_rollouts": 1, "micro_batch_size": 4, "missing_eos_penalty": 0.1,
+                               "reward_scaling": False}  # fmt: skip
+
+
+def recipe_algorithms() -> list[str]:
+    from agents import ALGORITHMS
+
+    return list(ALGORITHMS)
+
+
+def parse_recipes(recipes: str | Sequence[str]) -> list[str]:
+    """Check recipe names: ``zero-shot``, ``sft``, ``ALGO`` or ``sft+ALGO`` (ALGO: ppo, grpo, rloo, nlpo)."""
+    names = [r.strip() for r in (recipes.split(",") if isinstance(recipes, str) else recipes) if r.strip()]
+    allowed = ["zero-shot", "sft", *recipe_algorithms(), *(f"sft+{a}" for a in recipe_algorithms())]
+    bad = [r for r in names if r not in allowed]
+    if bad or not names:
+        raise ConfigError(f"unknown recipe(s) {bad or names}; allowed: {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"recipes named twice: {names}")
+    return names
+
+
+@dataclasses.dataclass
+class RecipeBudget:
+    """What every recipe gets (the same for all, so the table compares recipes, not budgets).
+
+    Args:
+        sft_epochs: warm-start passes over the train split.
+        updates: RL updates, each of ``num_envs`` episodes (``num_envs // group_size`` prompts).
+        num_envs: episodes per RL update.
+        max_new_tokens: the env's answer length (None: the env's default).
+        bf16: bf16 autocast of both stages (``"auto"``: :func:`agents.common.agent.use_bf16`).
+        rl_config: algorithm config fields over :data:`RL_DEFAULTS`.
+        env_kwargs: more ``gym.make`` keyword arguments of the env, in every stage (e.g. ``{"aspect": "approach"}``).
+    """
+
+    sft_epochs: int = 2
+    updates: int = 20
+    num_envs: int = 16
+    max_new_tokens: int | None = None
+    bf16: bool | str = "auto"
+    rl_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        length = "the env's answer length" if self.max_new_tokens is None else f"{self.max_new_tokens} new tokens"
+        return (f"warm start: {self.sft_epochs} epochs over the train split; RL: {self.updates} updates x "
+                f"{self.num_envs} episodes; {length}; bf16 {self.bf16}")  # fmt: skip
+
+
+def _env_kwargs(budget: RecipeBudget, model: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = dict(budget.env_kwargs)
+    if budget.max_new_tokens is not None:
+        out["max_new_tokens"] = budget.max_new_tokens
+    if model is not None:
+        out["model"] = model
+    return out
+
+
+def _stop_after(updates: int) -> Any:
+    """An SB3 callback that stops ``learn`` once ``updates`` updates are done (the next rollout is abandoned at its
+    first token), so a budget in updates does not depend on how long episodes are."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class StopAfterUpdates(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.model.n_updates < updates
+
+    return StopAfterUpdates()
+
+
+def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: str | None, device: str,
+               progress: bool = False) -> Path:  # fmt: skip
+    """The ``sft`` stage of ``seed`` (trained once, then reused): its final checkpoint."""
+    from agents.common.checkpoints import list_checkpoints
+    from agents.sft import SFTConfig, sft_meta, train_sft
+    from textgym.models import default_model
+
+    run_dir = out / "runs" / env_id.replace("/", "_") / f"sft-seed{seed}"
+    done = list_checkpoints(run_dir)
+    meta = sft_meta(done[-1]) if done else None
+    same = meta is not None and meta["epochs"] == budget.sft_epochs and meta["env_kwargs"] == _env_kwargs(budget, None)
+    if same and meta["config"]["bf16"] == budget.bf16 and meta["base_model"] == str(model or default_model()):
+        return done[-1]  # trained by an earlier run with this budget
+    summary = train_sft(env_id, model=model, out=run_dir, config=SFTConfig(epochs=budget.sft_epochs, bf16=budget.bf16),
+                        seed=seed, device=device, env_kwargs=_env_kwargs(budget, None), progress=progress)  # fmt: skip
+    return Path(summary["checkpoint"])
+
+
+def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: RecipeBudget, run_dir: Path,
+             device: str, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Train ``algo`` from ``start`` (a model spec; its own KL reference) for ``budget.updates`` updates; returns the
+    saved checkpoint and the training figures."""
+    import gymnasium as gym
+
+    from agents import algorithm
+    from agents.common.checkpoints import list_checkpoints
+
+    cls = algorithm(algo)
+    config = cls.config_class.build({**RL_DEFAULTS, "bf16": budget.bf16, **budget.rl_config})
+    done = list_checkpoints(run_dir)
+    if done:
+        agent = cls.load(str(run_dir), device=device)
+    else:
+        env = gym.make_vec(env_id, num_envs=budget.num_envs, split="train", **_env_kwargs(budget, start))
+        agent = cls("auto", env, model=start, seed=seed, verbose=0, config=config, device=device)
+    if agent.n_updates < budget.updates:
+        agent.learn(total_timesteps=10**12, callback=_stop_after(budget.updates), reset_num_timesteps=False,
+                    save_dir=run_dir, save_every=5, keep_checkpoints=1, progress_bar=progress)  # fmt: skip
+    checkpoint = agent.save_checkpoint(run_dir, 1)
+    last = agent.history[-1] if agent.history else {}
+    return {"checkpoint": str(checkpoint), "updates": agent.n_updates, "train_tokens": agent.num_timesteps,
+            "train_kl_to_start": last.get("rollout/kl_ref"), "train_reward_last": last.get("rollout/ep_rew_mean")}  # fmt: skip
+
+
+def evaluate_model(env_id: str, model: str, original: str | None, budget: RecipeBudget, episodes: int | None,
+                   device: str) -> dict[str, Any]:  # fmt: skip
+    """Greedy answers of ``model`` (a model dir or spec) on the test split, scored by the env and under the original
+    model (perplexity, logratio)."""
+    import gymnasium as gym
+
+    from agents.common.launch import checked_device
+    from agents.common.lm import load_causal_lm
+    from agents.common.policies import policy_for
+    from agents.evaluation import evaluate_policy_on_env
+
+    where = checked_device(device)
+    env = gym.make_vec(env_id, num_envs=16, split="test", **_env_kwargs(budget, model))
+    policy = policy_for(model, env.text_spec.vocab_size, env.text_spec.action_mask).to(where)
+    reference = load_causal_lm(original).to(where).eval() if original != model else policy.lm
+    result = evaluate_policy_on_env(policy, env, episodes, reference=reference)
+    main = env.text_spec.main_metric
+    return {"main_metric": main, "n": result["n"], "metrics": result["metrics"], "naturalness": result["naturalness"],
+            "tokens_mean": result["tokens_mean"],
+            "per_sample": [r["metrics"].get(main, r["reward"]) for r in result["records"]],
+            "records": [{k: r[k] for k in ("prompt", "output", "references", "metrics")} for r in result["records"]]}  # fmt: skip
+
+
+def run_recipe_cell(env_id: str, recipe: str, seed: int, budget: RecipeBudget, out: Path, model: str | None,
+                    episodes: int | None, device: str, progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Train ``recipe`` (seed ``seed``) and evaluate it: one leaderboard cell."""
+    from textgym.models import default_model
+
+    original = model or default_model()
+    stages = recipe.split("+")
+    cell: dict[str, Any] = {"stages": {}}
+    start: str = original
+    if stages[0] == "sft":
+        started = time.perf_counter()
+        start = str(warm_start(env_id, seed, budget, out, model, device, progress))
+        cell["stages"]["sft"] = {"checkpoint": start, "seconds": time.perf_counter() - started}
+        stages = stages[1:]
+    if stages and stages[0] != "zero-shot":
+        started = time.perf_counter()
+        run_dir = out / "runs" / env_id.replace("/", "_") / f"{recipe}-seed{seed}"
+        trained = rl_stage(env_id, stages[0], start, seed, budget, run_dir, device, progress)
+        cell["stages"][stages[0]] = {**trained, "seconds": time.perf_counter() - started}
+        start = trained["checkpoint"]
+    cell.update(evaluate_model(env_id, start, original, budget, episodes, device))
+    return cell
+
+
+def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
+                budget: RecipeBudget | None = None, episodes: int | None = None, model: str | None = None,
+                out: str | Path = "leaderboard", device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train and score every (env, recipe, seed); write ``results.json``, ``results.md`` and ``leaderboard.png``.
+
+    ``zero-shot`` is deterministic (greedy): it is scored once, whatever the seeds.  A cell that raises is
+    recorded with its error and the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    from agents.benchmark import _versions, parse_envs
+
+    env_ids = parse_envs(envs)
+    names = parse_recipes(recipes)
+    if "zero-shot" not in names:
+        names = ["zero-shot", *names]  # the baseline every change is measured against
+    budget = budget or RecipeBudget()
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct integers, got {seeds}")
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model}
+    jobs = [(e, r, s) for e in env_ids for r in names for s in (seeds[:1] if r == "zero-shot" else seeds)]
+    cells = []
+    bar = tqdm(total=len(jobs), desc="leaderboard (env x recipe x seed)", disable=not progress)
+    for env_id, recipe, seed in jobs:
+        path = out / "cells" / f"{env_id.replace('/', '_')}__{recipe}__seed{seed}.json"
+        if path.is_file():
+            cell = json.loads(path.read_text())
+            if cell.get("settings") == settings and not cell.get("error"):
+                cells.append(cell)
+                bar.update(1)
+                continue
+        bar.set_postfix_str(f"{env_id} / {recipe} / seed {seed}")
+        started = time.perf_counter()
+        cell = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
+        try:
+            cell.update(run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device, progress))
+            cell["error"] = None
+        except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
+            cell["error"] = f"{type(err).__name__}: {err}"
+            cell["traceback"] = traceback.format_exc(limit=8)
+        cell["seconds"] = round(time.perf_counter() - started, 1)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell, indent=1, ensure_ascii=False))
+        tmp.replace(path)
+        cells.append(cell)
+        bar.update(1)
+    bar.close()
+    results = {"settings": {"envs": env_ids, "recipes": names, "seeds": seeds, **settings, "budget_text": budget.describe()},
+               "versions": _versions(), "cells": cells, "table": leaderboard(cells, env_ids, names)}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    (out / "results.md").write_text(leaderboard_markdown(results))
+    plot_leaderboard(results, out / "leaderboard.png")
+    return results
+
+
+# -- the table ---------------------------------------------------------------------------------------------
+GUARD_COLUMNS = ("target_language", "source_copy", "copy_score", "words", "distinct_2")
+
+
+def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (env, recipe): the main metric's mean over seeds (and its spread), the change against zero-shot
+    with its paired standard error over test samples, the naturalness and guard figures (means over seeds)."""
+    rows = []
+    for env_id in env_ids:
+        base = next((c for c in cells if c["env"] == env_id and c["recipe"] == "zero-shot" and not c.get("error")), None)
+        for recipe in recipes:
+            mine = [c for c in cells if c["env"] == env_id and c["recipe"] == recipe and not c.get("error")]
+            errors = [c["error"] for c in cells if c["env"] == env_id and c["recipe"] == recipe and c.get("error")]
+            row: dict[str, Any] = {"env": env_id, "recipe": recipe, "seeds": [c["seed"] for c in mine], "errors": errors}
+            if mine:
+                main = mine[0]["main_metric"]
+                per_seed = [float(np.mean(c["per_sample"])) for c in mine]
+                row.update(main_metric=main, mean=float(np.mean(per_seed)), per_seed=per_seed,
+                           logratio=float(np.mean([c["naturalness"]["logratio"] for c in mine])),
+                           perplexity=float(np.mean([c["naturalness"]["perplexity"] for c in mine])),
+                           tokens=float(np.mean([c["tokens_mean"] for c in mine])))  # fmt: skip
+                row["guards"] = {k: float(np.mean([c["metrics"][k] for c in mine])) for k in GUARD_COLUMNS
+                                 if all(k in c["metrics"] for c in mine)}  # fmt: skip
+                if base is not None and recipe != "zero-shot" and all(len(c["per_sample"]) == len(base["per_sample"]) for c in mine):
+                    diff = np.mean([c["per_sample"] for c in mine], axis=0) - np.asarray(base["per_sample"])
+                    row["change"] = float(diff.mean())
+                    row["change_se"] = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+            rows.append(row)
+    return rows
+
+
+def leaderboard_markdown(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    which = "all samples" if s["episodes"] is None else f"first {s['episodes']} samples"
+    lines = [f"Budget: {s['budget_text']}. Seeds {s['seeds']}; greedy answers on the test split ({which}); change: against "
+             "zero-shot, ± its paired standard error over test samples; KL: log pi - log original on the answers; "
+             "perplexity of the answers under the original model.", "",
+             "| task | recipe | main metric (mean over seeds) | per seed | change vs zero-shot | KL to original | "
+             "perplexity | tokens | guards |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in results["table"]:
+        if "mean" not in row:
+            lines.append(f"| {row['env']} | {row['recipe']} | error: {'; '.join(row['errors'])[:100]} | | | | | | |")
+            continue
+        change = f"{row['change']:+.3f} ± {row['change_se']:.3f}" if "change" in row else "—"
+        guards = ", ".join(f"{k} {v:.2f}" for k, v in row["guards"].items()) or "—"
+        seeds = ", ".join(f"{v:.3f}" for v in row["per_seed"])
+        lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | {row['main_metric']} {row['mean']:.3f} | {seeds} | "
+                     f"{change} | {row['logratio']:.2f} | {row['perplexity']:.2f} | {row['tokens']:.1f} | {guards} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs, recipes = results["settings"]["envs"], results["settings"]["recipes"]
+    by = {(r["env"], r["recipe"]): r for r in results["table"]}
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(envs)), 4))
+    width = 0.8 / max(1, len(recipes))
+    for k, recipe in enumerate(recipes):
+        rows = [by.get((e, recipe), {}) for e in envs]
+        means = [r.get("mean", math.nan) for r in rows]
+        spread = [float(np.std(r["per_seed"])) if r.get("per_seed") else 0.0 for r in rows]
+        ax.bar(np.arange(len(envs)) + k * width, means, width, yerr=spread, label=recipe, capsize=2)
+    ax.set_xticks(np.arange(len(envs)) + width * (len(recipes) - 1) / 2)
+    ax.set_xticklabels([e.split("/")[-1] for e in envs])
+    ax.set_ylabel("main metric on the test split (mean over seeds ± their std)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- textgym bench --recipes -----------------------------------------------------------------------------
+
+def recipes_main(args: Any) -> int:
+    """``textgym bench --recipes``: the trained-agent leaderboard."""
+    import sys
+
+    from agents.benchmark import parse_envs
+    from agents.common.launch import checked_device
+
+    if args.agents != "random,zero-shot" or args.split != "test":
+        raise ConfigError("--recipes trains its own agents and scores them on the test split; drop --agents and --split")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    parse_envs(args.envs)
+    parse_recipes(args.recipes)
+    device = str(checked_device(args.device))
+    bf16 = {"auto": "auto", "true": True, "false": False}[args.bf16]
+    budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
+                          max_new_tokens=args.max_new_tokens, bf16=bf16)  # fmt: skip
+    results = run_recipes(args.envs, args.recipes, seeds=seeds, budget=budget, episodes=args.episodes, model=args.model,
+                          out=args.out, device=device)  # fmt: skip
+    print((Path(args.out) / "results.md").read_text())
+    failed = [c for c in results["cells"] if c.get("error")]
+    for cell in failed:
+        print(f"error in {cell['env']} / {cell['recipe']} / seed {cell['seed']}: {cell['error']}", file=sys.stderr)
+    print(f"wrote {args.out}/results.json, results.md, leaderboard.png")
+    return 1 if failed else 0
