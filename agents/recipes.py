@@ -201,13 +201,25 @@ def run_recipe_cell(env_id: str, recipe: str, seed: int, budget: RecipeBudget, o
     return cell
 
 
+def not_applicable(env_id: str, recipe: str, model: str | None) -> str | None:
+    """Why ``recipe`` cannot run on ``env_id`` (None when it can): a warm start needs single-turn answers."""
+    import gymnasium as gym
+
+    if recipe.split("+")[0] == "sft":
+        turns = gym.make(env_id, model=model).unwrapped.text_spec.max_turns
+        if turns > 1:
+            return f"no warm start for a multi-turn task (max_turns={turns})"
+    return None
+
+
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
                 budget: RecipeBudget | None = None, episodes: int | None = None, model: str | None = None,
                 out: str | Path = "leaderboard", device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train and score every (env, recipe, seed); write ``results.json``, ``results.md`` and ``leaderboard.png``.
 
-    ``zero-shot`` is deterministic (greedy): it is scored once, whatever the seeds.  A cell that raises is
-    recorded with its error and the others go on.
+    ``zero-shot`` is deterministic (greedy): it is scored once, whatever the seeds.  A recipe that cannot run on
+    a task (:func:`not_applicable`) is recorded as skipped; a cell that raises is recorded with its error and the
+    others go on.
     """
     from tqdm.auto import tqdm
 
@@ -238,6 +250,11 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
         bar.set_postfix_str(f"{env_id} / {recipe} / seed {seed}")
         started = time.perf_counter()
         cell = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
+        skip = not_applicable(env_id, recipe, model)
+        if skip is not None:
+            cells.append({**cell, "skipped": skip, "error": None})
+            bar.update(1)
+            continue
         try:
             cell.update(run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device, progress))
             cell["error"] = None
@@ -265,14 +282,19 @@ GUARD_COLUMNS = ("target_language", "source_copy", "copy_score", "words", "disti
 
 def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes: Sequence[str]) -> list[dict[str, Any]]:
     """One row per (env, recipe): the main metric's mean over seeds (and its spread), the change against zero-shot
-    with its paired standard error over test samples, the naturalness and guard figures (means over seeds)."""
+    (and, for ``sft+ALGO``, against ``sft``: what the RL stage added) with its paired standard error over test
+    samples, the naturalness and guard figures (means over seeds)."""
     rows = []
     for env_id in env_ids:
         base = next((c for c in cells if c["env"] == env_id and c["recipe"] == "zero-shot" and not c.get("error")), None)
         for recipe in recipes:
-            mine = [c for c in cells if c["env"] == env_id and c["recipe"] == recipe and not c.get("error")]
+            mine = [c for c in cells if c["env"] == env_id and c["recipe"] == recipe and not c.get("error")
+                    and not c.get("skipped")]
             errors = [c["error"] for c in cells if c["env"] == env_id and c["recipe"] == recipe and c.get("error")]
             row: dict[str, Any] = {"env": env_id, "recipe": recipe, "seeds": [c["seed"] for c in mine], "errors": errors}
+            skipped = [c["skipped"] for c in cells if c["env"] == env_id and c["recipe"] == recipe and c.get("skipped")]
+            if skipped:
+                row["skipped"] = skipped[0]
             if mine:
                 main = mine[0]["main_metric"]
                 per_seed = [float(np.mean(c["per_sample"])) for c in mine]
@@ -282,31 +304,49 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
                            tokens=float(np.mean([c["tokens_mean"] for c in mine])))  # fmt: skip
                 row["guards"] = {k: float(np.mean([c["metrics"][k] for c in mine])) for k in GUARD_COLUMNS
                                  if all(k in c["metrics"] for c in mine)}  # fmt: skip
-                if base is not None and recipe != "zero-shot" and all(len(c["per_sample"]) == len(base["per_sample"]) for c in mine):
-                    diff = np.mean([c["per_sample"] for c in mine], axis=0) - np.asarray(base["per_sample"])
-                    row["change"] = float(diff.mean())
-                    row["change_se"] = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+                if base is not None and recipe != "zero-shot":
+                    row.update(paired_change(mine, [base], "change"))
+                warm = [c for c in cells if c["env"] == env_id and c["recipe"] == "sft" and "per_sample" in c]
+                if recipe.startswith("sft+") and warm:
+                    row.update(paired_change(mine, warm, "change_vs_sft"))
             rows.append(row)
     return rows
+
+
+def paired_change(cells: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
+    """``{key: mean change, key_se: its standard error}`` of ``cells`` against ``baseline``, paired by test sample:
+    each sample's metric averaged over each side's seeds, then the mean and standard error of the differences
+    (empty when the two sides did not answer the same samples)."""
+    mine = [c["per_sample"] for c in cells]
+    theirs = [c["per_sample"] for c in baseline]
+    if len({len(x) for x in mine + theirs}) != 1:
+        return {}
+    diff = np.mean(mine, axis=0) - np.mean(theirs, axis=0)
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+    return {key: float(diff.mean()), f"{key}_se": se}
 
 
 def leaderboard_markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     which = "all samples" if s["episodes"] is None else f"first {s['episodes']} samples"
     lines = [f"Budget: {s['budget_text']}. Seeds {s['seeds']}; greedy answers on the test split ({which}); change: against "
-             "zero-shot, ± its paired standard error over test samples; KL: log pi - log original on the answers; "
+             "zero-shot (and vs sft: what the RL stage added), ± its paired standard error over test samples; KL: "
+             "log pi - log original on the answers; "
              "perplexity of the answers under the original model.", "",
-             "| task | recipe | main metric (mean over seeds) | per seed | change vs zero-shot | KL to original | "
-             "perplexity | tokens | guards |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| task | recipe | main metric (mean over seeds) | per seed | change vs zero-shot | change vs sft | "
+             "KL to original | perplexity | tokens | guards |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in results["table"]:
-        if "mean" not in row:
-            lines.append(f"| {row['env']} | {row['recipe']} | error: {'; '.join(row['errors'])[:100]} | | | | | | |")
+        if "skipped" in row:
+            lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | skipped: {row['skipped']} | | | | | | | |")
             continue
-        change = f"{row['change']:+.3f} ± {row['change_se']:.3f}" if "change" in row else "—"
+        if "mean" not in row:
+            lines.append(f"| {row['env']} | {row['recipe']} | error: {'; '.join(row['errors'])[:100]} | | | | | | | |")
+            continue
+        change, vs_sft = (f"{row[k]:+.3f} ± {row[k + '_se']:.3f}" if k in row else "—" for k in ("change", "change_vs_sft"))
         guards = ", ".join(f"{k} {v:.2f}" for k, v in row["guards"].items()) or "—"
         seeds = ", ".join(f"{v:.3f}" for v in row["per_seed"])
         lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | {row['main_metric']} {row['mean']:.3f} | {seeds} | "
-                     f"{change} | {row['logratio']:.2f} | {row['perplexity']:.2f} | {row['tokens']:.1f} | {guards} |")  # fmt: skip
+                     f"{change} | {vs_sft} | {row['logratio']:.2f} | {row['perplexity']:.2f} | {row['tokens']:.1f} | {guards} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -130,9 +130,31 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path) -> None:
     diff = np.asarray(cells["sft"]["per_sample"]) - np.asarray(cells["zero-shot"]["per_sample"])
     assert rows["sft"]["change"] == pytest.approx(diff.mean())
     assert rows["sft"]["change_se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)))
+    rl = np.asarray(cells["sft+ppo"]["per_sample"]) - np.asarray(cells["sft"]["per_sample"])  # what the RL stage added
+    assert rows["sft+ppo"]["change_vs_sft"] == pytest.approx(rl.mean()) and "change_vs_sft" not in rows["sft"]
     md = (tmp_path / "lb" / "results.md").read_text()
     assert "| Copy-v0 | sft+ppo |" in md and (tmp_path / "lb" / "leaderboard.png").is_file()
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()}
     again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)  # resumes: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()} == stamp
     assert again["table"] == results["table"]
+
+
+def test_readme_warm_start_block_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
+    from tests.test_authoring import readme_block
+
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(compile(readme_block("warm-start"), "README.md", "exec"), namespace)
+    losses = namespace["summary"]["validation_loss"]
+    assert losses[-1] < losses[0] and namespace["agent"].n_updates >= 1
+    assert "validation loss per epoch" in capsys.readouterr().out
+
+
+def test_a_warm_start_recipe_on_a_multi_turn_task_is_skipped_not_failed(tmp_path) -> None:
+    results = run_recipes("textgym/GuessNumber-v0", "sft", seeds=[0], budget=RecipeBudget(updates=1), episodes=2,
+                          model=TINY, out=tmp_path, progress=False)  # fmt: skip
+    rows = {r["recipe"]: r for r in results["table"]}
+    assert "multi-turn" in rows["sft"]["skipped"] and "mean" in rows["zero-shot"]
+    assert not any(c.get("error") for c in results["cells"])
+    assert "skipped: no warm start for a multi-turn task" in (tmp_path / "results.md").read_text()
