@@ -343,8 +343,8 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
                          help="train each recipe with the same budget, then score it on the test split (instead of "
                          "--agents): zero-shot, sft, ppo, grpo, rloo, nlpo, sft+ppo, sft+grpo, ... (comma-separated)")  # fmt: skip
     recipes.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
-    recipes.add_argument("--updates", type=positive_int, default=20, help="RL updates per recipe (default: 20)")
-    recipes.add_argument("--num-envs", type=positive_int, default=16, help="episodes per RL update (default: 16)")
+    recipes.add_argument("--updates", type=positive_int, default=12, help="RL updates per recipe (default: 12)")
+    recipes.add_argument("--num-envs", type=positive_int, default=32, help="episodes per RL update (default: 32)")
     recipes.add_argument("--sft-epochs", type=positive_int, default=2, help="warm-start epochs (default: 2)")
     recipes.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length (default: the env's)")
     recipes.add_argument("--bf16", default="auto", choices=["auto", "true", "false"], help="bf16 autocast (default: auto)")

@@ -3,16 +3,16 @@
 Run ``python -m agents.demo --out demo_output`` (what ``make demo`` does).  With the defaults: the default
 model (SmolLM2-135M-Instruct) on English -> French software strings (``textgym/Translation-v0``: chrF, 0 for an
 answer that is not French), a warm start of ``--sft-epochs`` passes over the 671 training pairs, then
-``--updates`` PPO updates of 16 episodes from it (the warm start is PPO's KL reference).  The budget is counted
-in epochs and updates, never in minutes, so a seed gives the same result on a busy machine.  The whole test
-split (91 strings) is answered greedily by the model after each stage.
+``--updates`` PPO updates of 32 episodes (8 prompts x 4 answers) from it (the warm start is PPO's KL reference).
+The budget is counted in epochs and updates, never in minutes, so a seed gives the same result on a busy
+machine.  The whole test split (91 strings) is answered greedily by the model after each stage.
 
 It is one seed of the trained-agent leaderboard (:mod:`agents.recipes`, ``textgym bench --recipes``) with its
 recipes ``zero-shot``, ``sft`` and ``sft+ppo``.  Outputs in ``--out``: ``results.md`` and ``results.json`` (every
-metric per stage, the change against zero-shot with its paired standard error, the KL to the original model,
-the answers' perplexity under it and the guard figures: share of answers in French, of copies of the source),
-``learning_curve.png`` (the warm start's loss, PPO's reward and KL), ``samples.jsonl`` and the trained runs in
-``runs/``.  What to expect is in the README ("The demo").
+metric per stage, the change against zero-shot and against the warm start with their paired standard errors,
+the KL to the original model, the answers' perplexity under it and the guard figures: share of answers in
+French, of copies of the source), ``learning_curve.png`` (the warm start's loss, PPO's reward and KL),
+``samples.jsonl`` and the trained runs in ``runs/``.  What to expect is in the README ("Command line and demo").
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--algo", default="ppo", help="the RL stage's algorithm (default: ppo)")
     p.add_argument("--sft-epochs", type=int, default=2, help="warm-start passes over the train split (default: 2)")
     p.add_argument("--updates", type=int, default=12, help="RL updates after the warm start (default: 12)")
-    p.add_argument("--num-envs", type=int, default=16, help="episodes per RL update (default: 16)")
+    p.add_argument("--num-envs", type=int, default=32, help="episodes per RL update (default: 32)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the env's)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="the first N test samples are scored (default: the whole test split)")  # fmt: skip
