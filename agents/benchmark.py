@@ -326,6 +326,8 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: P
 # -- textgym bench -----------------------------------------------------------------------------------------
 def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> None:
     """``textgym bench``'s arguments (``positive_int``: the CLI's argparse type for counts)."""
+    from agents.sft import bf16_flag
+
     bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
     bench.add_argument("--agents", default="random,zero-shot",
                        help="comma-separated: random, zero-shot, ALGO:DIR (ppo:, grpo:, rloo:, nlpo:; the checkpoint "
@@ -347,7 +349,7 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes.add_argument("--num-envs", type=positive_int, default=32, help="episodes per RL update (default: 32)")
     recipes.add_argument("--sft-epochs", type=positive_int, default=2, help="warm-start epochs (default: 2)")
     recipes.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length (default: the env's)")
-    recipes.add_argument("--bf16", default="auto", choices=["auto", "true", "false"], help="bf16 autocast (default: auto)")
+    recipes.add_argument("--bf16", type=bf16_flag, default="auto", help="bf16 autocast: auto, true or false (default: auto)")
 
 
 def bench_main(args: argparse.Namespace) -> int:

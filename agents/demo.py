@@ -27,6 +27,8 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from agents.sft import bf16_flag
+
     p = argparse.ArgumentParser(prog="python -m agents.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_output", help="output directory (re-run to resume)")
     p.add_argument("--env", default="textgym/Translation-v0", help="env id")
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='extra env keyword arguments as JSON, e.g. \'{"aspect": "approach"}\'')  # fmt: skip
     p.add_argument("--rl-config", type=json.loads, default={},
                    help="RL config fields over agents.recipes.RL_DEFAULTS, as JSON, e.g. '{\"kl_coef\": 0.05}'")
-    p.add_argument("--bf16", default="true", choices=["auto", "true", "false"],
+    p.add_argument("--bf16", type=bf16_flag, default=True,
                    help="bf16 autocast (default: true: the warm start runs 1.4x faster on a CPU with bf16)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1 if (os.cpu_count() or 1) <= 2 else None,
@@ -96,9 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.perf_counter()
-    bf16 = {"auto": "auto", "true": True, "false": False}[args.bf16]
     budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
-                          max_new_tokens=args.max_new_tokens, bf16=bf16, rl_config=args.rl_config,
+                          max_new_tokens=args.max_new_tokens, bf16=args.bf16, rl_config=args.rl_config,
                           env_kwargs=args.env_kwargs)  # fmt: skip
     recipes = ["zero-shot", "sft", f"sft+{args.algo}"]
     print(f"[demo] {args.env}: {budget.describe()}; recipes {', '.join(recipes)}, seed {args.seed}", flush=True)

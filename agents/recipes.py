@@ -394,9 +394,8 @@ def recipes_main(args: Any) -> int:
     parse_envs(args.envs)
     parse_recipes(args.recipes)
     device = str(checked_device(args.device))
-    bf16 = {"auto": "auto", "true": True, "false": False}[args.bf16]
     budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
-                          max_new_tokens=args.max_new_tokens, bf16=bf16)  # fmt: skip
+                          max_new_tokens=args.max_new_tokens, bf16=args.bf16)  # fmt: skip
     results = run_recipes(args.envs, args.recipes, seeds=seeds, budget=budget, episodes=args.episodes, model=args.model,
                           out=args.out, device=device)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())

@@ -329,7 +329,8 @@ def train_sft(
 
 
 # -- textgym sft ---------------------------------------------------------------------------------------
-def _bf16_flag(text: str) -> bool | str:
+def bf16_flag(text: str) -> bool | str:
+    """The argparse type of every ``--bf16`` flag: ``auto``, ``true``/``on``/``1`` or ``false``/``off``/``0``."""
     value = {"auto": "auto", "true": True, "on": True, "1": True, "false": False, "off": False, "0": False}.get(text.lower())
     if value is None:
         import argparse
@@ -351,7 +352,7 @@ def add_sft_arguments(sft: Any, positive_int: Any) -> None:
     sft.add_argument("--max-samples", type=positive_int, default=None, help="train on N samples of the train split (default: all)")
     sft.add_argument("--validation-samples", type=int, default=defaults.validation_samples,
                      help=f"validation loss after each epoch on N samples, 0: none (default: {defaults.validation_samples})")  # fmt: skip
-    sft.add_argument("--bf16", type=_bf16_flag, default=defaults.bf16, help="auto, true or false (default: auto)")
+    sft.add_argument("--bf16", type=bf16_flag, default=defaults.bf16, help="auto, true or false (default: auto)")
     sft.add_argument("--seed", type=int, default=0, help="(default: 0)")
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     sft.add_argument("--max-new-tokens", type=positive_int, default=None,
