@@ -308,7 +308,8 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
                                  if all(k in c["metrics"] for c in mine)}  # fmt: skip
                 if base is not None and recipe != "zero-shot":
                     row.update(paired_change(mine, [base], "change"))
-                warm = [c for c in cells if c["env"] == env_id and c["recipe"] == "sft" and "per_sample" in c]
+                warm = [c for c in cells if c["env"] == env_id and c["recipe"] == "sft" and "per_sample" in c
+                        and c["seed"] in {m["seed"] for m in mine}]  # the warm starts these runs started from
                 if recipe.startswith("sft+") and warm:
                     row.update(paired_change(mine, warm, "change_vs_sft"))
             rows.append(row)
