@@ -151,6 +151,9 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
         agent.learn(total_timesteps=10**12, callback=_stop_after(budget.updates), reset_num_timesteps=False,
                     save_dir=run_dir, save_every=5, keep_checkpoints=1, progress_bar=progress)  # fmt: skip
     checkpoint = agent.save_checkpoint(run_dir, 1)
+    if agent.n_updates < budget.updates:  # learn() returned early: SIGINT/SIGTERM. Never score a short run as the budget's
+        raise KeyboardInterrupt(f"{run_dir}: stopped by a signal after {agent.n_updates} of {budget.updates} updates "
+                                "(saved); the same command resumes it")  # fmt: skip
     last = agent.history[-1] if agent.history else {}
     return {"checkpoint": str(checkpoint), "updates": agent.n_updates, "train_tokens": agent.num_timesteps,
             "train_kl_to_start": last.get("rollout/kl_ref"), "train_reward_last": last.get("rollout/ep_rew_mean")}  # fmt: skip

@@ -158,3 +158,13 @@ def test_a_warm_start_recipe_on_a_multi_turn_task_is_skipped_not_failed(tmp_path
     assert "multi-turn" in rows["sft"]["skipped"] and "mean" in rows["zero-shot"]
     assert not any(c.get("error") for c in results["cells"])
     assert "skipped: no warm start for a multi-turn task" in (tmp_path / "results.md").read_text()
+
+
+def test_an_rl_stage_stopped_by_a_signal_is_not_scored_as_the_budget(tmp_path, monkeypatch) -> None:
+    from agents.ppo import TextPPO
+    from agents.recipes import rl_stage
+
+    monkeypatch.setattr(TextPPO, "learn", lambda self, **kwargs: self)  # returns before any update, as after SIGTERM
+    with pytest.raises(KeyboardInterrupt, match="after 0 of 2 updates"):
+        rl_stage("textgym/Copy-v0", "ppo", TINY, 0, RecipeBudget(updates=2, num_envs=8), tmp_path / "run", "cpu")
+    assert list((tmp_path / "run").glob("checkpoint-*"))  # saved: the same command resumes it
