@@ -217,6 +217,29 @@ def not_applicable(env_id: str, recipe: str, model: str | None) -> str | None:
     return None
 
 
+#: The budget fields each kind of recipe depends on: a cell scored under another value of the others is reused.
+_STAGE_FIELDS = {"zero-shot": ("max_new_tokens", "env_kwargs"),
+                 "sft": ("max_new_tokens", "env_kwargs", "sft_epochs", "bf16")}  # fmt: skip
+
+
+def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], recipe: str) -> bool:
+    """Whether a stored cell of ``recipe`` was made with what ``settings`` would make it with: the model, the
+    number of test episodes and the budget fields the recipe uses (``zero-shot`` ignores the training budget;
+    ``sft`` ignores the RL one, so more ``--updates`` retrain only the RL recipes).
+
+    >>> a = {"model": None, "episodes": None, "budget": dataclasses.asdict(RecipeBudget(updates=12))}
+    >>> b = {**a, "budget": dataclasses.asdict(RecipeBudget(updates=24))}
+    >>> same_cell_settings(a, b, "sft"), same_cell_settings(a, b, "sft+ppo")
+    (True, False)
+    """
+    if not stored or any(stored.get(k) != settings[k] for k in ("model", "episodes")):
+        return False
+    fields = _STAGE_FIELDS.get(recipe)
+    if fields is None:  # an RL stage depends on the whole budget
+        return stored.get("budget") == settings["budget"]
+    return all((stored.get("budget") or {}).get(k) == settings["budget"][k] for k in fields)
+
+
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
                 budget: RecipeBudget | None = None, episodes: int | None = None, model: str | None = None,
                 out: str | Path = "leaderboard", device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
@@ -248,7 +271,7 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
         path = out / "cells" / f"{env_id.replace('/', '_')}__{recipe}__seed{seed}.json"
         if path.is_file():
             cell = json.loads(path.read_text())
-            if cell.get("settings") == settings and not cell.get("error"):
+            if same_cell_settings(cell.get("settings"), settings, recipe) and not cell.get("error"):
                 cells.append(cell)
                 bar.update(1)
                 continue

@@ -3,6 +3,7 @@ under the original model (eval --reference) and the trained-agent leaderboard (t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -138,6 +139,10 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path) -> None:
     again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)  # resumes: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()} == stamp
     assert again["table"] == results["table"]
+    more = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **{**kwargs, "budget": dataclasses.replace(budget, updates=2)})
+    changed = {p.name for p in (tmp_path / "lb" / "cells").iterdir() if p.stat().st_mtime_ns != stamp[p]}
+    assert changed == {"textgym_Copy-v0__sft+ppo__seed0.json"}  # more RL updates retrain the RL recipe only
+    assert {c["recipe"]: c for c in more["cells"]}["sft+ppo"]["stages"]["ppo"]["updates"] == 2
 
 
 def test_readme_warm_start_block_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
