@@ -261,7 +261,7 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct integers, got {seeds}")
-    out = Path(out)
+    out = Path(out).resolve()  # RL runs store their start model by path: absolute, so they resume from any cwd
     (out / "cells").mkdir(parents=True, exist_ok=True)
     settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model}
     jobs = [(e, r, s) for e in env_ids for r in names for s in (seeds[:1] if r == "zero-shot" else seeds)]

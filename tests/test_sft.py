@@ -117,9 +117,10 @@ def test_eval_reference_scores_perplexity_and_logratio(warm, capsys) -> None:
     assert same["logratio"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
 
 
-def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path) -> None:
+def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypatch) -> None:
     budget = RecipeBudget(sft_epochs=1, updates=1, num_envs=8, max_new_tokens=8)
-    kwargs = dict(seeds=[0], budget=budget, episodes=8, model=TINY, out=tmp_path / "lb", progress=False)
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(seeds=[0], budget=budget, episodes=8, model=TINY, out="lb", progress=False)
     results = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)
     cells = {c["recipe"]: c for c in results["cells"]}
     assert set(cells) == {"zero-shot", "sft", "sft+ppo"} and not any(c["error"] for c in cells.values())
@@ -139,7 +140,10 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path) -> None:
     again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)  # resumes: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()} == stamp
     assert again["table"] == results["table"]
-    more = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **{**kwargs, "budget": dataclasses.replace(budget, updates=2)})
+    monkeypatch.chdir(tmp_path / "lb")  # the runs resume from another working directory
+    more = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **{**kwargs, "out": tmp_path / "lb",
+                                                            "budget": dataclasses.replace(budget, updates=2)})
+    assert not any(c["error"] for c in more["cells"])
     changed = {p.name for p in (tmp_path / "lb" / "cells").iterdir() if p.stat().st_mtime_ns != stamp[p]}
     assert changed == {"textgym_Copy-v0__sft+ppo__seed0.json"}  # more RL updates retrain the RL recipe only
     assert {c["recipe"]: c for c in more["cells"]}["sft+ppo"]["stages"]["ppo"]["updates"] == 2
