@@ -131,14 +131,23 @@ def evaluate_policy_on_env(
 
 def answer_likelihoods(policy: Any, reference: Any, batch: Any) -> dict[str, Any]:
     """Per answer of ``batch``: the summed log-probs of its generated tokens under ``policy`` and under the LM
-    ``reference`` (one teacher-forced forward each, the policy's sampling transform on both), and their count."""
+    ``reference`` (the policy's sampling transform on both), and their count.
+
+    The policy's are the ones its (float32) rollout recorded while decoding, else one teacher-forced forward;
+    the reference's take one teacher-forced forward, none when ``reference`` is the policy's own LM."""
     import torch
 
     mask = batch.gen_mask
     with torch.no_grad():
-        logp, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)
-        with policy.swapped_lm(reference):
-            ref, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)
+        logp = batch.old_logp
+        if logp is None:  # a bf16 rollout records none
+            logp, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len, with_values=False)
+        if reference is policy.lm:
+            ref = logp
+        else:
+            with policy.swapped_lm(reference):
+                ref, _, _ = policy.sequence_forward(batch.input_ids, batch.attention_mask, batch.prompt_len,
+                                                    with_values=False)  # fmt: skip
     return {"logp_policy": torch.where(mask, logp, 0.0).sum(1).cpu().numpy(),
             "logp_reference": torch.where(mask, ref, 0.0).sum(1).cpu().numpy(),
             "scored_tokens": mask.sum(1).cpu().numpy()}  # fmt: skip

@@ -117,6 +117,24 @@ def test_eval_reference_scores_perplexity_and_logratio(warm, capsys) -> None:
     assert same["logratio"] == pytest.approx(0.0, abs=1e-6)  # a model against itself
 
 
+def test_naturalness_reuses_the_rollouts_log_probs(warm) -> None:
+    from agents.common.policies import policy_for
+    from agents.evaluation import evaluate_policy_on_env
+
+    env = gym.make_vec("textgym/Copy-v0", num_envs=4, split="test", model=warm["checkpoint"])
+    policy = policy_for(warm["checkpoint"], env.text_spec.vocab_size, env.text_spec.action_mask)
+    forced = evaluate_policy_on_env(policy, env, 8, reference=load_causal_lm(TINY))  # reference: another model
+    own = evaluate_policy_on_env(policy, env, 8, reference=policy.lm)  # the policy against itself: no forward
+    for a, b in zip(forced["records"], own["records"]):
+        assert a["output"] == b["output"] and a["scored_tokens"] == b["scored_tokens"] > 0
+        assert a["logp_policy"] == b["logp_policy"] == b["logp_reference"]  # the log-probs the decode recorded
+    # ... which are the ones a teacher-forced forward of the policy gives (the reference's own path)
+    again = evaluate_policy_on_env(policy, env, 8, reference=load_causal_lm(warm["checkpoint"]))
+    for a, b in zip(own["records"], again["records"]):
+        assert b["logp_reference"] == pytest.approx(a["logp_policy"], rel=1e-4, abs=1e-4)
+    assert forced["naturalness"]["logratio"] != 0.0 and own["naturalness"]["logratio"] == 0.0
+
+
 def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypatch) -> None:
     budget = RecipeBudget(sft_epochs=1, updates=1, num_envs=8, max_new_tokens=8)
     monkeypatch.chdir(tmp_path)
