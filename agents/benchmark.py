@@ -279,31 +279,37 @@ def markdown_tables(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_main_metric(results: dict[str, Any], path: Path) -> None:
+def plot_grouped_bars(envs: Sequence[str], bars: dict[str, tuple[list[float], list[float]]], ylabel: str,
+                      path: Path) -> None:  # fmt: skip
+    """One group of bars per env, one bar per entry of ``bars`` (label: (values per env, error bars per env))."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs, agents = results["settings"]["envs"], results["settings"]["agents"]
-    by = {(c["env"], c["agent"]): c for c in results["cells"]}
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(envs)), 4))
-    width = 0.8 / max(1, len(agents))
-    for k, agent in enumerate(agents):
-        means, stds = [], []
-        for env_id in envs:
-            cell = by.get((env_id, agent), {})
-            m = cell.get("metrics", {}).get(cell.get("main_metric", "reward")) if not cell.get("error") else None
-            means.append(m["mean"] if m else math.nan)
-            stds.append(m["std"] if m else 0.0)
-        ax.bar(np.arange(len(envs)) + k * width, means, width, yerr=stds, label=agent, capsize=2)
-    ax.set_xticks(np.arange(len(envs)) + width * (len(agents) - 1) / 2)
-    ax.set_xticklabels([e.split("/")[-1] for e in envs], rotation=30, ha="right")
-    ax.set_ylabel("main metric (mean ± std)")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(envs)), 4))
+    width = 0.8 / max(1, len(bars))
+    for k, (label, (values, errors)) in enumerate(bars.items()):
+        ax.bar(np.arange(len(envs)) + k * width, values, width, yerr=errors, label=label, capsize=2)
+    ax.set_xticks(np.arange(len(envs)) + width * (len(bars) - 1) / 2)
+    ax.set_xticklabels([e.split("/")[-1] for e in envs], rotation=30 if len(envs) > 3 else 0,
+                       ha="right" if len(envs) > 3 else "center")  # fmt: skip
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_main_metric(results: dict[str, Any], path: Path) -> None:
+    envs, agents = results["settings"]["envs"], results["settings"]["agents"]
+    by = {(c["env"], c["agent"]): c for c in results["cells"]}
+    bars = {}
+    for agent in agents:
+        cells = [by.get((env_id, agent), {}) for env_id in envs]
+        stats = [c.get("metrics", {}).get(c.get("main_metric", "reward")) if not c.get("error") else None for c in cells]
+        bars[agent] = ([m["mean"] if m else math.nan for m in stats], [m["std"] if m else 0.0 for m in stats])
+    plot_grouped_bars(envs, bars, "main metric (mean ± std)", path)
 
 
 def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: Path) -> None:

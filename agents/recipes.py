@@ -380,27 +380,16 @@ def leaderboard_markdown(results: dict[str, Any]) -> str:
 
 
 def plot_leaderboard(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from agents.benchmark import plot_grouped_bars
 
     envs, recipes = results["settings"]["envs"], results["settings"]["recipes"]
     by = {(r["env"], r["recipe"]): r for r in results["table"]}
-    fig, ax = plt.subplots(figsize=(max(6, 2 * len(envs)), 4))
-    width = 0.8 / max(1, len(recipes))
-    for k, recipe in enumerate(recipes):
+    bars = {}
+    for recipe in recipes:
         rows = [by.get((e, recipe), {}) for e in envs]
-        means = [r.get("mean", math.nan) for r in rows]
-        spread = [float(np.std(r["per_seed"])) if r.get("per_seed") else 0.0 for r in rows]
-        ax.bar(np.arange(len(envs)) + k * width, means, width, yerr=spread, label=recipe, capsize=2)
-    ax.set_xticks(np.arange(len(envs)) + width * (len(recipes) - 1) / 2)
-    ax.set_xticklabels([e.split("/")[-1] for e in envs])
-    ax.set_ylabel("main metric on the test split (mean over seeds ± their std)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        bars[recipe] = ([r.get("mean", math.nan) for r in rows],
+                        [float(np.std(r["per_seed"])) if r.get("per_seed") else 0.0 for r in rows])  # fmt: skip
+    plot_grouped_bars(envs, bars, "test main metric (seeds: mean ± std)", path)
 
 
 # -- textgym bench --recipes -----------------------------------------------------------------------------
