@@ -178,8 +178,7 @@ def evaluate_model(env_id: str, model: str, original: str | None, budget: Recipe
     main = env.text_spec.main_metric
     return {"main_metric": main, "n": result["n"], "metrics": result["metrics"], "naturalness": result["naturalness"],
             "tokens_mean": result["tokens_mean"],
-            "per_sample": [r["metrics"].get(main, r["reward"]) for r in result["records"]],
-            "records": [{k: r[k] for k in ("prompt", "output", "references", "metrics")} for r in result["records"]]}  # fmt: skip
+            "records": [{k: r[k] for k in ("prompt", "output", "references", "reward", "metrics")} for r in result["records"]]}  # fmt: skip
 
 
 def run_recipe_cell(env_id: str, recipe: str, seed: int, budget: RecipeBudget, out: Path, model: str | None,
@@ -325,7 +324,7 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
                 row["skipped"] = skipped[0]
             if mine:
                 main = mine[0]["main_metric"]
-                per_seed = [float(np.mean(c["per_sample"])) for c in mine]
+                per_seed = [float(np.mean(sample_scores(c))) for c in mine]
                 row.update(main_metric=main, mean=float(np.mean(per_seed)), per_seed=per_seed,
                            logratio=float(np.mean([c["naturalness"]["logratio"] for c in mine])),
                            perplexity=float(np.mean([c["naturalness"]["perplexity"] for c in mine])),
@@ -334,7 +333,7 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
                                  if all(k in c["metrics"] for c in mine)}  # fmt: skip
                 if base is not None and recipe != "zero-shot":
                     row.update(paired_change(mine, [base], "change"))
-                warm = [c for c in cells if c["env"] == env_id and c["recipe"] == "sft" and "per_sample" in c
+                warm = [c for c in cells if c["env"] == env_id and c["recipe"] == "sft" and "records" in c
                         and c["seed"] in {m["seed"] for m in mine}]  # the warm starts these runs started from
                 if recipe.startswith("sft+") and warm:
                     row.update(paired_change(mine, warm, "change_vs_sft"))
@@ -342,12 +341,18 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
     return rows
 
 
+def sample_scores(cell: dict[str, Any]) -> list[float]:
+    """A cell's main metric per test sample, in the test split's order (the reward where the metric is none)."""
+    main = cell["main_metric"]
+    return [float(r["metrics"].get(main, r.get("reward", math.nan))) for r in cell["records"]]
+
+
 def paired_change(cells: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
     """``{key: mean change, key_se: its standard error}`` of ``cells`` against ``baseline``, paired by test sample:
     each sample's metric averaged over each side's seeds, then the mean and standard error of the differences
     (empty when the two sides did not answer the same samples)."""
-    mine = [c["per_sample"] for c in cells]
-    theirs = [c["per_sample"] for c in baseline]
+    mine = [sample_scores(c) for c in cells]
+    theirs = [sample_scores(c) for c in baseline]
     if len({len(x) for x in mine + theirs}) != 1:
         return {}
     diff = np.mean(mine, axis=0) - np.mean(theirs, axis=0)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import textgym  # noqa: F401
 from agents.common.lm import load_causal_lm
-from agents.recipes import RecipeBudget, parse_recipes, run_recipes
+from agents.recipes import RecipeBudget, parse_recipes, run_recipes, sample_scores
 from agents.sft import SFTConfig, answer_loss, demonstrations, sft_meta, train_sft
 from textgym.cli import main
 from textgym.errors import ConfigError
@@ -147,10 +147,10 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1
     assert cells["zero-shot"]["naturalness"]["logratio"] == pytest.approx(0.0, abs=1e-6)
     rows = {r["recipe"]: r for r in results["table"]}
-    diff = np.asarray(cells["sft"]["per_sample"]) - np.asarray(cells["zero-shot"]["per_sample"])
+    diff = np.asarray(sample_scores(cells["sft"])) - np.asarray(sample_scores(cells["zero-shot"]))
     assert rows["sft"]["change"] == pytest.approx(diff.mean())
     assert rows["sft"]["change_se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)))
-    rl = np.asarray(cells["sft+ppo"]["per_sample"]) - np.asarray(cells["sft"]["per_sample"])  # what the RL stage added
+    rl = np.asarray(sample_scores(cells["sft+ppo"])) - np.asarray(sample_scores(cells["sft"]))  # what the RL stage added
     assert rows["sft+ppo"]["change_vs_sft"] == pytest.approx(rl.mean()) and "change_vs_sft" not in rows["sft"]
     md = (tmp_path / "lb" / "results.md").read_text()
     assert "| Copy-v0 | sft+ppo |" in md and (tmp_path / "lb" / "leaderboard.png").is_file()
