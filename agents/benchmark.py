@@ -355,6 +355,8 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes.add_argument("--num-envs", type=positive_int, default=32, help="episodes per RL update (default: 32)")
     recipes.add_argument("--sft-epochs", type=positive_int, default=2, help="warm-start epochs (default: 2)")
     recipes.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length (default: the env's)")
+    recipes.add_argument("--table-only", action="store_true",
+                         help="write the table from the cells already in --out, train nothing (the others: not run)")
     recipes.add_argument("--bf16", type=bf16_flag, default="auto", help="bf16 autocast: auto, true or false (default: auto)")
 
 

@@ -348,6 +348,10 @@ def bench_command(args: argparse.Namespace) -> int:
         from agents.recipes import recipes_main
 
         return recipes_main(args)
+    if args.table_only:
+        from textgym.errors import ConfigError
+
+        raise ConfigError("--table-only writes the trained-agent leaderboard's table: it goes with --recipes")
     from agents.benchmark import bench_main
 
     return bench_main(args)

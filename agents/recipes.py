@@ -241,12 +241,14 @@ def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], 
 
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
                 budget: RecipeBudget | None = None, episodes: int | None = None, model: str | None = None,
-                out: str | Path = "leaderboard", device: str = "auto", progress: bool = True) -> dict[str, Any]:  # fmt: skip
+                out: str | Path = "leaderboard", device: str = "auto", progress: bool = True,
+                train: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train and score every (env, recipe, seed); write ``results.json``, ``results.md`` and ``leaderboard.png``.
 
     ``zero-shot`` is deterministic (greedy): it is scored once, whatever the seeds.  A recipe that cannot run on
     a task (:func:`not_applicable`) is recorded as skipped; a cell that raises is recorded with its error and the
-    others go on.
+    others go on.  ``train=False`` writes the table from the cells already stored in ``out`` (made with these
+    settings) and runs nothing: the rest are listed as not run.
     """
     from tqdm.auto import tqdm
 
@@ -274,6 +276,9 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
                 cells.append(cell)
                 bar.update(1)
                 continue
+        if not train:
+            bar.update(1)
+            continue
         bar.set_postfix_str(f"{env_id} / {recipe} / seed {seed}")
         started = time.perf_counter()
         cell = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
@@ -322,6 +327,8 @@ def leaderboard(cells: Sequence[dict[str, Any]], env_ids: Sequence[str], recipes
             skipped = [c["skipped"] for c in cells if c["env"] == env_id and c["recipe"] == recipe and c.get("skipped")]
             if skipped:
                 row["skipped"] = skipped[0]
+            elif not mine and not errors:
+                row["not_run"] = True
             if mine:
                 main = mine[0]["main_metric"]
                 per_seed = [float(np.mean(sample_scores(c))) for c in mine]
@@ -373,6 +380,9 @@ def leaderboard_markdown(results: dict[str, Any]) -> str:
         if "skipped" in row:
             lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | skipped: {row['skipped']} | | | | | | | |")
             continue
+        if row.get("not_run"):
+            lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | not run yet | | | | | | | |")
+            continue
         if "mean" not in row:
             lines.append(f"| {row['env']} | {row['recipe']} | error: {'; '.join(row['errors'])[:100]} | | | | | | | |")
             continue
@@ -418,7 +428,7 @@ def recipes_main(args: Any) -> int:
     budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
                           max_new_tokens=args.max_new_tokens, bf16=args.bf16)  # fmt: skip
     results = run_recipes(args.envs, args.recipes, seeds=seeds, budget=budget, episodes=args.episodes, model=args.model,
-                          out=args.out, device=device)  # fmt: skip
+                          out=args.out, device=device, train=not args.table_only)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())
     failed = [c for c in results["cells"] if c.get("error")]
     for cell in failed:

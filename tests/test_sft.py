@@ -165,6 +165,14 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     changed = {p.name for p in (tmp_path / "lb" / "cells").iterdir() if p.stat().st_mtime_ns != stamp[p]}
     assert changed == {"textgym_Copy-v0__sft+ppo__seed0.json"}  # more RL updates retrain the RL recipe only
     assert {c["recipe"]: c for c in more["cells"]}["sft+ppo"]["stages"]["ppo"]["updates"] == 2
+    # --table-only: the table of what is stored, nothing trained; a recipe never run is listed as such
+    files = set((tmp_path / "lb" / "cells").iterdir())
+    table = run_recipes("textgym/Copy-v0", "sft,sft+ppo,sft+grpo", **{**kwargs, "out": tmp_path / "lb", "train": False,
+                                                                      "budget": dataclasses.replace(budget, updates=2)})
+    assert set((tmp_path / "lb" / "cells").iterdir()) == files
+    rows = {r["recipe"]: r for r in table["table"]}
+    assert rows["sft+grpo"]["not_run"] and rows["sft+ppo"]["mean"] == {r["recipe"]: r for r in more["table"]}["sft+ppo"]["mean"]
+    assert "| Copy-v0 | sft+grpo | not run yet |" in (tmp_path / "lb" / "results.md").read_text()
 
 
 def test_readme_warm_start_block_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
