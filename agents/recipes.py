@@ -388,7 +388,8 @@ def leaderboard_markdown(results: dict[str, Any]) -> str:
             continue
         change, vs_sft = (f"{row[k]:+.3f} ± {row[k + '_se']:.3f}" if k in row else "—" for k in ("change", "change_vs_sft"))
         guards = ", ".join(f"{k} {v:.2f}" for k, v in row["guards"].items()) or "—"
-        seeds = ", ".join(f"{v:.3f}" for v in row["per_seed"])
+        seeds = ", ".join(f"{v:.3f}" + ("" if row["recipe"] == "zero-shot" else f" (seed {s})")
+                          for s, v in zip(row["seeds"], row["per_seed"]))  # fmt: skip
         lines.append(f"| {row['env'].split('/')[-1]} | {row['recipe']} | {row['main_metric']} {row['mean']:.3f} | {seeds} | "
                      f"{change} | {vs_sft} | {row['logratio']:.2f} | {row['perplexity']:.2f} | {row['tokens']:.1f} | {guards} |")  # fmt: skip
     return "\n".join(lines) + "\n"
