@@ -34,8 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env", default="textgym/Translation-v0", help="env id")
     p.add_argument("--model", default=None, help="model spec (default: $TEXTGYM_MODEL or smollm2-135m-instruct)")
     p.add_argument("--algo", default="ppo", help="the RL stage's algorithm (default: ppo)")
-    p.add_argument("--sft-epochs", type=int, default=1,
-                   help="warm-start passes over the train split (default: 1; the leaderboard uses 2)")  # fmt: skip
+    p.add_argument("--sft-epochs", type=int, default=2, help="warm-start passes over the train split (default: 2)")
     p.add_argument("--updates", type=int, default=12, help="RL updates after the warm start (default: 12)")
     p.add_argument("--num-envs", type=int, default=32, help="episodes per RL update (default: 32)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the env's)")
