@@ -265,7 +265,8 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
     out = Path(out).resolve()  # RL runs store their start model by path: absolute, so they resume from any cwd
     (out / "cells").mkdir(parents=True, exist_ok=True)
     settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model}
-    jobs = [(e, r, s) for e in env_ids for r in names for s in (seeds[:1] if r == "zero-shot" else seeds)]
+    # zero-shot is greedy and untrained, the same for every seed: one cell (seed 0) whatever the seeds
+    jobs = [(e, r, s) for e in env_ids for r in names for s in ([0] if r == "zero-shot" else seeds)]
     cells = []
     bar = tqdm(total=len(jobs), desc="leaderboard (env x recipe x seed)", disable=not progress)
     for env_id, recipe, seed in jobs:

@@ -173,6 +173,10 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     rows = {r["recipe"]: r for r in table["table"]}
     assert rows["sft+grpo"]["not_run"] and rows["sft+ppo"]["mean"] == {r["recipe"]: r for r in more["table"]}["sft+ppo"]["mean"]
     assert "| Copy-v0 | sft+grpo | not run yet |" in (tmp_path / "lb" / "results.md").read_text()
+    other = run_recipes("textgym/Copy-v0", "sft", **{**kwargs, "out": tmp_path / "lb", "train": False, "seeds": [1]})
+    rows = {r["recipe"]: r for r in other["table"]}  # zero-shot is seed-free: the stored cell serves other seeds
+    assert rows["zero-shot"]["mean"] == {r["recipe"]: r for r in results["table"]}["zero-shot"]["mean"]
+    assert rows["sft"]["not_run"]
 
 
 def test_readme_warm_start_block_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
