@@ -85,6 +85,14 @@ class RecipeBudget:
     rl_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def resolved(self, device: str) -> RecipeBudget:
+        """This budget with ``bf16`` as the bool it means on ``device`` (``"auto"`` depends on the machine), so a
+        stored cell records the dtype it was trained in."""
+        from agents.common.agent import use_bf16
+        from agents.common.launch import checked_device
+
+        return dataclasses.replace(self, bf16=use_bf16(self.bf16, checked_device(device)))
+
     def describe(self) -> str:
         length = "the env's answer length" if self.max_new_tokens is None else f"{self.max_new_tokens} new tokens"
         return (f"warm start: {self.sft_epochs} epochs over the train split; RL: {self.updates} updates x "
@@ -258,7 +266,7 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
     names = parse_recipes(recipes)
     if "zero-shot" not in names:
         names = ["zero-shot", *names]  # the baseline every change is measured against
-    budget = budget or RecipeBudget()
+    budget = (budget or RecipeBudget()).resolved(device)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct integers, got {seeds}")

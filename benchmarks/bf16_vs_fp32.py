@@ -4,10 +4,10 @@
     python benchmarks/bf16_vs_fp32.py --device cuda --batch 64         # on a GPU
     python benchmarks/bf16_vs_fp32.py --device cuda --random-weights   # the model's architecture, random weights
 
-What ``agents.common.agent.AUTO_BF16`` (the ``bf16="auto"`` rule) is decided from.  Two TextPPO
-agents, ``bf16=False`` and ``bf16=True``, on Translation-v0 prompts (``--batch`` completions, 4 per
-prompt, ``--max-new-tokens``, 2 epochs, one rollout per update), take turns one update at a time
-after one warm-up update each (GPU kernels are chosen at first use).  Per update: tokens/s, the
+What the ``bf16="auto"`` rule (``agents.common.agent.auto_bf16``) is decided from; it prints what the
+rule resolves to here.  Two TextPPO agents, ``bf16=False`` and ``bf16=True``, on Translation-v0 prompts
+(``--batch`` completions, 4 per prompt, ``--max-new-tokens``, 2 epochs, one rollout per update), take
+turns one update at a time after one warm-up update each (GPU kernels are chosen at first use).  Per update: tokens/s, the
 rollout / prepare (old and reference log-probs) / epochs seconds, MFU against a peak matmul rate
 measured in the same run (``_flops.py``: 8192³ on a GPU), and on a GPU the peak memory allocated.
 ``--random-weights``: the model's config with freshly initialised weights (throughput does not depend
@@ -27,6 +27,7 @@ from _flops import PhaseClock, describe_peaks, mfu, peaks, update_flops
 
 import textgym  # noqa: F401  (registers the env ids)
 from agents import TextPPO
+from agents.common.agent import auto_bf16, cpu_has_native_bf16
 from textgym.models import resolve_model_path
 
 
@@ -83,6 +84,8 @@ def main() -> None:
         print(f"TextPPO {name}: {statistics.median(per_update[name]):.1f} tokens/s (median update), MFU {use:.2%} of "
               f"{name} peak; per update " + ", ".join(f"{k} {v:.2f} s" for k, v in avg.items()))  # fmt: skip
     ratio = statistics.median(b / f for b, f in zip(per_update["bf16"], per_update["fp32"]))
+    native = f"; this CPU has bf16 instructions: {cpu_has_native_bf16()}" if not gpu else ""
+    print(f"bf16='auto' resolves to {auto_bf16(args.device)} on {args.device}{native} (agents.common.agent.auto_bf16)")
     print(f"ratio bf16/fp32 {ratio:.2f} ({args.model}{' (random weights)' if args.random_weights else ''}, "
           f"{args.device}, batch {args.batch}, {args.max_new_tokens} new tokens, 2 epochs, {params / 1e6:.0f}M parameters)")
 

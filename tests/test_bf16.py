@@ -34,19 +34,52 @@ def test_the_field_takes_auto_true_false_and_refuses_anything_else() -> None:
         OnPolicyConfig(bf16="yes")
 
 
-def test_auto_follows_the_measured_table(monkeypatch) -> None:
+def test_auto_follows_the_cpus_bf16_instructions_and_the_measured_table(monkeypatch) -> None:
     from agents.common import agent
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16(True, cpu) and not use_bf16(False, cuda)
-    assert not use_bf16("auto", cpu) and not use_bf16("auto", cuda)  # measured slower (CUDA) or not yet (CPU)
+    assert not use_bf16("auto", cuda)  # measured slower on an H200
+    for native in (True, False):
+        monkeypatch.setattr(agent, "cpu_has_native_bf16", lambda native=native: native)
+        assert use_bf16("auto", cpu) is native and use_bf16("auto", "cpu") is native
     monkeypatch.setitem(agent.AUTO_BF16, "cuda", True)
-    assert use_bf16("auto", cuda) and not use_bf16("auto", cpu) and not use_bf16("auto", torch.device("mps"))
+    assert use_bf16("auto", cuda) and not use_bf16("auto", torch.device("mps"))
 
 
-def test_bf16_false_and_auto_on_the_cpu_are_the_fp32_path() -> None:
-    """``bf16=False`` never enters autocast; ``"auto"`` on the CPU is the same fp32 path, bit for bit;
-    ``bf16=True`` trains differently (the comparison can fail)."""
+def test_native_bf16_is_what_the_cpu_flags_say() -> None:
+    """x86 Linux: AVX512-BF16 or AMX in /proc/cpuinfo's flags is what ``auto`` turns bf16 on for."""
+    from pathlib import Path
+
+    from agents.common.agent import cpu_has_native_bf16
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file() or "flags" not in info.read_text():
+        pytest.skip("no x86 /proc/cpuinfo flags here")
+    flags = set(next(line for line in info.read_text().splitlines() if line.startswith("flags")).split(":")[1].split())
+    assert cpu_has_native_bf16() is bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+def test_forcing_bf16_on_a_cpu_without_it_warns_with_the_cost(monkeypatch) -> None:
+    from agents.common import agent
+
+    monkeypatch.setattr(agent, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match=r"bf16=True on a CPU without bf16 instructions.*3x slower.*picks fp32"):
+        assert use_bf16(True, torch.device("cpu"))
+    monkeypatch.setattr(agent, "cpu_has_native_bf16", lambda: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert use_bf16(True, torch.device("cpu")) and use_bf16("auto", torch.device("cpu"))
+
+
+def test_bf16_false_and_auto_on_a_cpu_without_bf16_are_the_fp32_path(monkeypatch) -> None:
+    """``bf16=False`` never enters autocast; ``"auto"`` on a CPU without bf16 instructions is the same fp32 path,
+    bit for bit; ``bf16=True`` trains differently (the comparison can fail)."""
+    from agents.common import agent as agent_module
+
+    monkeypatch.setattr(agent_module, "cpu_has_native_bf16", lambda: False)
     runs = {}
     for setting in (False, "auto", True):
         agent = TextPPO("LMPolicy", copy_env(), seed=3, bf16=setting, **FAST)

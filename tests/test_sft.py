@@ -146,6 +146,7 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     assert cells["sft+ppo"]["stages"]["sft"]["checkpoint"] == cells["sft"]["stages"]["sft"]["checkpoint"]
     assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1
     assert cells["zero-shot"]["naturalness"]["logratio"] == pytest.approx(0.0, abs=1e-6)
+    assert cells["sft"]["settings"]["budget"]["bf16"] in (True, False)  # "auto" is stored as what it meant here
     rows = {r["recipe"]: r for r in results["table"]}
     diff = np.asarray(sample_scores(cells["sft"])) - np.asarray(sample_scores(cells["zero-shot"]))
     assert rows["sft"]["change"] == pytest.approx(diff.mean())
@@ -177,6 +178,18 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     rows = {r["recipe"]: r for r in other["table"]}  # zero-shot is seed-free: the stored cell serves other seeds
     assert rows["zero-shot"]["mean"] == {r["recipe"]: r for r in results["table"]}["zero-shot"]["mean"]
     assert rows["sft"]["not_run"]
+
+
+def test_the_budget_resolves_auto_to_the_dtype_this_machine_trains_in(monkeypatch) -> None:
+    from agents.common import agent
+
+    for native in (True, False):
+        monkeypatch.setattr(agent, "cpu_has_native_bf16", lambda native=native: native)
+        assert RecipeBudget().resolved("cpu").bf16 is native
+        assert "bf16 " + str(native) in RecipeBudget().resolved("cpu").describe()
+    assert RecipeBudget(bf16=False).resolved("cpu").bf16 is False
+    with pytest.raises(ConfigError, match="--device 'gpu' is not a device"):
+        RecipeBudget().resolved("gpu")
 
 
 def test_readme_warm_start_block_runs_as_written(tmp_path, monkeypatch, capsys) -> None:

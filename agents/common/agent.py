@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,24 +20,55 @@ from agents.common import persistence
 from agents.common.decoding import complete, encode_prompts, left_pad
 from agents.common.eval_callback import update_end
 
-#: What ``bf16="auto"`` resolves to on each device type: on only where bf16 autocast was measured faster than
-#: fp32 for the default model's TextPPO update (benchmarks/bf16_vs_fp32.py), learning included (docs/trainer.md).
-#: CUDA (an H200): slower at every size measured -- SmolLM2-135M 0.50x (batch 8) and 0.78x (batch 64), a 1.07B
-#: Llama 0.63x (8) and 0.79x (32); these updates are launch-bound and autocast adds a cast kernel per matmul.
-#: CPU (AVX512-BF16/AMX): 1.43-1.49x since attention runs in fp32 (:func:`~agents.common.lm.fp32_attention`);
-#: Copy-v0 learns alike in bf16 (3 seeds), the demo's configuration has not been measured in bf16 yet.
-AUTO_BF16: dict[str, bool] = {"cuda": False, "cpu": False}
+#: What ``bf16="auto"`` resolves to on each device type where it does not depend on the hardware: off where a
+#: TextPPO update of the default model was measured slower in bf16 (benchmarks/bf16_vs_fp32.py).  CUDA (an
+#: H200): slower at every size measured -- SmolLM2-135M 0.50x (batch 8) and 0.78x (batch 64), a 1.07B Llama 0.63x
+#: (8) and 0.79x (32); these updates are launch-bound and autocast adds a cast kernel per matmul.  The CPU's
+#: entry is decided per machine by :func:`cpu_has_native_bf16` (see :func:`auto_bf16`).
+AUTO_BF16: dict[str, bool] = {"cuda": False}
+
+#: What a bf16 run costs on a CPU without bf16 instructions, measured (benchmarks/README.md): named in the warning.
+EMULATED_BF16_SLOWDOWN = "about 3x slower than fp32 for a TextPPO update"
 
 
-def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """The ``bf16`` config field resolved: True/False as given; ``"auto"``: :data:`AUTO_BF16` of the device's
-    type (off where nothing was measured).
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: x86 AVX512-BF16 or AMX, the instructions oneDNN
+    (PyTorch's CPU matmul) dispatches bf16 to.  Elsewhere bf16 matmuls are emulated in fp32 arithmetic plus
+    conversions: slower than fp32 itself."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
-    >>> use_bf16(True, torch.device("cpu")), use_bf16("auto", torch.device("cpu"))
-    (True, False)
+
+def auto_bf16(device: torch.device | str) -> bool:
+    """What ``bf16="auto"`` resolves to on ``device``.
+
+    CPU: on where it has native bf16 (:func:`cpu_has_native_bf16`).  Measured there (AVX512-BF16 + AMX, one
+    thread): a TextPPO update 1.43-1.49x faster than fp32, the warm start 1.4x; Copy-v0 and the demo's
+    configuration learn alike (docs/trainer.md).  Without it bf16 is emulated, :data:`EMULATED_BF16_SLOWDOWN`.
+    Other devices: :data:`AUTO_BF16` (off where not measured).
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return cpu_has_native_bf16()
+    return AUTO_BF16.get(kind, False)
+
+
+def use_bf16(setting: bool | str, device: torch.device | str) -> bool:
+    """The ``bf16`` config field resolved: True/False as given; ``"auto"``: :func:`auto_bf16`.  ``True`` on a CPU
+    without native bf16 warns (it runs, emulated and slower).
+
+    >>> use_bf16(False, torch.device("cpu")), use_bf16("auto", torch.device("cpu")) == cpu_has_native_bf16()
+    (False, True)
     """
     if setting == "auto":
-        return AUTO_BF16.get(torch.device(device).type, False)
+        return auto_bf16(device)
+    if setting and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            f"bf16=True on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 is emulated there, "
+            f"{EMULATED_BF16_SLOWDOWN}; bf16='auto' (the default) picks fp32 on this CPU",
+            UserWarning,
+            stacklevel=2,
+        )
     return bool(setting)
 
 

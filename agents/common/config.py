@@ -84,8 +84,8 @@ class OnPolicyConfig:
     bf16: bool | Literal["auto"] = "auto"
     """bf16 autocast of the model forwards (rollout, old and reference log-probs, update); weights, optimizer
     state, log-softmax, values, losses and the KL stay float32. "auto": on only where measured faster with
-    learning checked (agents.common.agent.AUTO_BF16; today nowhere: slower on an H200, ~1.45x on an AMX CPU with
-    the demo's learning not yet checked); True/False force it."""
+    learning checked (agents.common.agent.auto_bf16: CPUs with AVX512-BF16/AMX, ~1.45x; off on GPUs, measured
+    slower on an H200, and on CPUs without bf16 instructions, where it is emulated); True/False force it."""
 
     def __post_init__(self) -> None:
         if self.bf16 is None:  # checkpoints saved before "auto" existed stored None for the same rule (CUDA)
