@@ -139,6 +139,12 @@ class NLPOPolicy(LMPolicy):
         own, theirs = past
         return super().select_decode_rows(own, index), super().select_decode_rows(theirs, index)
 
+    def reserve_decode_room(self, past: Any, columns: int) -> Any:
+        if not self.restricting:
+            return super().reserve_decode_room(past, columns)
+        own, theirs = past
+        return super().reserve_decode_room(own, columns), super().reserve_decode_room(theirs, columns)
+
     def sequence_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

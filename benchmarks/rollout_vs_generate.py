@@ -17,6 +17,9 @@ no other logits processor, stop at EOS):
     env ``reset`` that builds the observations, one ``env.step`` per token,
     the rewards (chrF on Translation-v0) and the final infos, ``LMPolicy`` with
     its KV cache.
+(c) the same rollout with transformers' growing ``DynamicCache`` (concatenated per token) instead of the
+    cache with room reserved for the answer (``agents.common.lm.reserve_cache``, written in place): what
+    the reserved cache saves; ratio b/c.  Both give the same tokens, bit for bit.
 
 ``--seq2seq`` builds a 2-layer T5 with random weights and the default tokenizer (d_model 32,
 as ``tests/test_seq2seq.py``) and measures the same two paths on it: ``model.generate``
@@ -25,7 +28,7 @@ encodes the prompts and decodes from the decoder start token; the rollout runs
 
 Sampling stops at EOS on both sides, so each side reports the tokens it
 actually generated (EOS included, nothing after it) per second.  The repeats
-alternate (a) and (b); the ratio is the median of the per-repeat ratios b/a.
+alternate (a), (b) and (c); a ratio is the median of the per-repeat ratios.
 
 ``--bf16`` runs both sides under ``torch.autocast(dtype=torch.bfloat16)`` (fp32
 weights, as TextPPO's ``bf16=True``; the rollout samples from float32 logits).
@@ -133,6 +136,14 @@ def main() -> None:
         temperature=1.0, top_k=0, top_p=1.0, action_mask=setup.action_mask,
     ).to(args.device)  # fmt: skip
     policy.set_training_mode(False)
+
+    class GrowingCache(type(policy)):  # (c): transformers' cache as it comes, concatenated per token
+        def reserve_decode_room(self, past: Any, columns: int) -> Any:
+            return past
+
+    growing = GrowingCache(env.single_observation_space, env.single_action_space, lambda _: 0.0, model=lm,
+                           temperature=1.0, top_k=0, top_p=1.0, action_mask=setup.action_mask).to(args.device)  # fmt: skip
+    growing.set_training_mode(False)
     if setup.action_mask is not None and not setup.action_mask.all():
         raise SystemExit(f"{args.env} has an action mask; model.generate would need the same logits processor")
     config = GenerationConfig(
@@ -142,32 +153,38 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     sync = torch.cuda.synchronize if args.device != "cpu" else (lambda: None)
 
-    rates: dict[str, list[float]] = {"generate": [], "rollout": []}
-    counts: dict[str, list[int]] = {"generate": [], "rollout": []}
-    seconds = {"generate": 0.0, "rollout": 0.0}
-    for repeat in range(args.repeats + 1):  # repeat 0 warms up both paths
+    sides = ("generate", "rollout", "growing")
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    counts: dict[str, list[int]] = {name: [] for name in sides}
+    seconds = dict.fromkeys(sides, 0.0)
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up every path
         seed = args.seed + repeat
         obs, _ = env.reset(seed=seed)  # the prompts the rollout's own reset will produce
-        n_gen, s_gen = time_generate(lm, obs, config, setup.max_prompt_tokens, autocast, sync)
-        n_roll, s_roll = time_rollout(policy, env, seed, generator, autocast if args.bf16 else None, sync)
+        took = {"generate": time_generate(lm, obs, config, setup.max_prompt_tokens, autocast, sync)}
+        noise = int(torch.randint(2**62, (1,), generator=generator))  # the same sampling noise for (b) and (c)
+        pair = [("rollout", policy), ("growing", growing)]
+        for name, runner in pair if repeat % 2 else pair[::-1]:  # which goes first alternates
+            took[name] = time_rollout(runner, env, seed, torch.Generator().manual_seed(noise),
+                                      autocast if args.bf16 else None, sync)  # fmt: skip
         if repeat:
-            seconds["generate"] += s_gen
-            seconds["rollout"] += s_roll
-            rates["generate"].append(n_gen / s_gen)
-            rates["rollout"].append(n_roll / s_roll)
-            counts["generate"].append(n_gen)
-            counts["rollout"].append(n_roll)
+            for name, (n, s) in took.items():
+                seconds[name] += s
+                rates[name].append(n / s)
+                counts[name].append(n)
     ratio = statistics.median(r / g for r, g in zip(rates["rollout"], rates["generate"]))
+    saved = statistics.median(r / g for r, g in zip(rates["rollout"], rates["growing"]))
     print(f"{'tiny random T5 (--seq2seq)' if args.seq2seq else args.model} on {args.env}: batch {args.batch}, max_new_tokens {setup.max_new_tokens}, "
           f"{args.repeats} alternating repeats, torch {torch.__version__}, "
           f"{f'{args.threads} thread(s)' if args.device == 'cpu' else args.device}, {dtype}")  # fmt: skip
     print(describe_peaks({dtype: peak}, args.threads, args.device))
     params = sum(p.numel() for p in lm.parameters())
-    for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout")):
+    for name, label in (("generate", "(a) model.generate"), ("rollout", "(b) env rollout"),
+                        ("growing", "(c) b, growing cache")):  # fmt: skip
         use = mfu(generation_flops(params, sum(counts[name])), seconds[name], peak)
         print(f"{label:<22} {statistics.median(rates[name]):>9.1f} tokens/s (median; "
               f"tokens per repeat {counts[name]}), MFU {use:.1%} of {dtype} peak")  # fmt: skip
     print(f"ratio b/a {ratio:.3f} (median of per-repeat ratios; floor {'1.0' if args.bf16 else '0.9'} with the default model)")
+    print(f"ratio b/c {saved:.3f} (the reserved KV cache against transformers' growing one; same tokens)")
 
 
 if __name__ == "__main__":

@@ -185,3 +185,49 @@ def test_dropping_finished_rows_changes_no_token_and_no_log_prob() -> None:
         live[i, : len(row)] = True
     torch.testing.assert_close(logp_a[live], logp_b[live], atol=1e-5, rtol=1e-5)
     assert set(widths_a) == {8} and min(widths_b) < 8  # the pruned loop ran smaller batches
+
+
+def test_a_reserved_cache_holds_what_a_growing_one_holds_through_updates_growth_and_row_drops() -> None:
+    """reserve_cache: in-place writes into room left (doubling when full) give the keys and values torch.cat does."""
+    from transformers import DynamicCache
+
+    from agents.common.lm import reserve_cache
+
+    g = torch.Generator().manual_seed(0)
+
+    def kv(cols: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(rows, 3, cols, 8, generator=g), torch.randn(rows, 3, cols, 8, generator=g)
+
+    plain, reserved = DynamicCache(), DynamicCache()
+    # a prefill, tokens, rows 1 dropped after step 4, a multi-column chunk
+    steps = [kv(5, 4), *(kv(1, 4) for _ in range(4)), kv(3, 3), kv(1, 3)]
+    for i, (k, v) in enumerate(steps):
+        for layer in range(2):
+            want = plain.update(k, v, layer)
+            got = reserved.update(k, v, layer)
+            assert all(torch.equal(a, b) for a, b in zip(want, got))
+        if i == 0:
+            reserve_cache(reserved, 2)  # room for 2 columns: the later updates outgrow it
+            assert type(reserved.layers[0]).__name__ == "ReservedLayer"
+        if i == 4:
+            plain.batch_select_indices(torch.tensor([0, 2, 3]))
+            reserved.batch_select_indices(torch.tensor([0, 2, 3]))
+    assert reserved.get_seq_length() == plain.get_seq_length() == 5 + 4 + 3 + 1
+    for a, b in zip(plain.layers, reserved.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_the_rollout_with_the_reserved_cache_is_the_rollout_with_a_growing_one_bit_for_bit(monkeypatch) -> None:
+    """Sampled tokens, log-probs and values of a rollout (rows dropped as they end) are identical either way."""
+    env = gym.make_vec("textgym/Translation-v0", num_envs=4, model="tiny-random", max_new_tokens=12)
+    runs = []
+    for reserve in (True, False):
+        if not reserve:
+            monkeypatch.setattr(LMPolicy, "reserve_decode_room", lambda self, past, columns: past)
+        policy = LMPolicy(env.single_observation_space, env.single_action_space, lambda _: 1e-3, model="tiny-random")
+        policy.set_training_mode(False)
+        obs, _ = env.reset(seed=1)
+        runs.append(collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(5)))
+    a, b = runs
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.old_logp, b.old_logp)
+    assert torch.equal(a.values, b.values) and a.gen_mask.sum() > 4

@@ -120,6 +120,7 @@ def decode(
     # filtered logits either way.
     with ctx():
         logits, past, hidden = policy.decode_step(ids, attn[:, :used], positions_from_mask(attn[:, :used]))
+        past = policy.reserve_decode_room(past, max_new_tokens)  # each step writes its column in place
         for t in range(max_new_tokens):
             filtered = policy.filtered_logits(logits)
             choices = sample_tokens(filtered, generator, deterministic)

@@ -43,6 +43,7 @@ from agents.common.lm import (
     load_causal_lm,
     model_name,
     positions_from_mask,
+    reserve_cache,
     run_decoder,
     select_cache_rows,
     shared_prefix_forward,
@@ -337,6 +338,11 @@ class LMPolicy(ActorCriticPolicy):
     def select_decode_rows(self, past: Any, index: torch.Tensor) -> Any:
         """The :meth:`decode_step` state of rows ``index`` only (the decoding loop drops finished rows)."""
         return select_cache_rows(past, index)
+
+    def reserve_decode_room(self, past: Any, columns: int) -> Any:
+        """The :meth:`decode_step` state with room for ``columns`` more tokens (written in place, not copied per
+        token: :func:`~agents.common.lm.reserve_cache`)."""
+        return reserve_cache(past, columns)
 
     def sequence_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, with_values: bool = True

@@ -50,7 +50,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.common.lm import cache_kwarg, first_real_column, model_name, prompt_groups, select_cache_rows
+from agents.common.lm import (
+    cache_kwarg,
+    first_real_column,
+    model_name,
+    prompt_groups,
+    reserve_cache,
+    select_cache_rows,
+)
 from textgym.errors import ModelError
 
 # Model types whose decoder output is scaled by d_model ** -0.5 before the head when the embeddings are tied
@@ -195,6 +202,11 @@ class Seq2SeqMethods:
     def select_decode_rows(self, past: _DecodeState, index: torch.Tensor) -> _DecodeState:
         """The decoding state of rows ``index``: the decoder's cache and the encoder's outputs."""
         return _DecodeState(select_cache_rows(past.cache, index), past.encoder_states[index], past.encoder_mask[index])
+
+    def reserve_decode_room(self, past: _DecodeState, columns: int) -> _DecodeState:
+        """The decoding state with room for ``columns`` more tokens in the decoder's cache."""
+        past.cache = reserve_cache(past.cache, columns)
+        return past
 
     def _obs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(
