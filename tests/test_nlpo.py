@@ -15,6 +15,7 @@ from agents.common.config import field_docs
 from agents.common.persistence import CheckpointError
 from agents.common.policies import positions_from_mask
 from agents.common.rollout import collect_episodes
+from agents.common.sampling import filter_logits
 from agents.nlpo import NLPOConfig, NLPOPolicy, TextNLPO
 from agents.ppo import TextPPO
 from textgym.errors import ConfigError
@@ -102,14 +103,15 @@ def test_the_loss_gives_tokens_outside_the_nucleus_no_probability() -> None:
     support = inside.clone()
     support[rows, last, outside] = True
 
-    filtered = []
-    plain_filter = policy.filtered_logits
-    policy.filtered_logits = lambda logits, keep=None: filtered.append(plain_filter(logits, keep)) or filtered[-1]
+    filtered = []  # the loss's distribution: the choice logits sequence_forward scores, with the sampling filters
+    plain_head = policy.head_logits
+    policy.head_logits = lambda h: filtered.append(filter_logits(plain_head(h), **policy.sampling_filters())) or plain_head(h)
     with torch.no_grad():
         logp, entropy, _ = policy.sequence_forward(ids, mask, P)
-    del policy.filtered_logits
+    del policy.head_logits
     choices = policy.allowed_ids
-    assert (torch.isfinite(filtered[0]) == support[..., choices])[gen].all()  # -inf = probability 0
+    assert (torch.isfinite(filtered[-1]) == support[..., choices])[gen].all()  # -inf = probability 0 (the last call:
+    # the first one scored the masking LM)
     assert torch.isfinite(logp[gen]).all()
     # the same numbers from the policy's own logits renormalised over the support
     probs = lm_probs(policy.lm, ids, mask, allowed)[:, P - 1 : -1] * support

@@ -180,3 +180,61 @@ def test_entropy_of_masked_distribution_has_finite_gradients() -> None:
     assert float(entropy.detach()) == pytest.approx(float(-(p * p.log()).sum()))
     (entropy + logp).sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[0, 2] == 0
+
+
+def _reference_logp_entropy(logits: torch.Tensor, actions: torch.Tensor, **filters: object) -> tuple:
+    """The unfused formula: log-softmax of the filtered logits, the action's entry and -sum(p log p)."""
+    logp_all = torch.log_softmax(filter_logits(logits, keep=actions, **filters), -1)
+    p = logp_all.exp()
+    return logp_all.gather(-1, actions[..., None])[..., 0], -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.6}, {"temperature": 1.3, "top_k": 9, "top_p": 0.9},
+     {"action_mask": torch.arange(40) % 3 != 0}],
+    ids=["none", "temperature", "top_k", "top_p", "all", "mask"],
+)
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+def test_fused_log_probs_and_entropy_match_the_unfused_formula_with_gradients(
+    filters: dict, chunk_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values and both gradients equal log_softmax's, with every filter, in one chunk or in chunks of 4 rows
+    (the last one partial: 3 x 5 = 15 rows)."""
+    import agents.common.sampling as sampling
+
+    vocab = 40
+    if chunk_rows is not None:
+        monkeypatch.setattr(sampling, "_CHUNK_ELEMENTS", chunk_rows * vocab)
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    allowed = filters.get("action_mask", torch.ones(vocab, dtype=torch.bool)).nonzero()[:, 0]
+    actions = allowed[torch.randint(len(allowed), (3, 5), generator=g)]
+    w_logp, w_ent = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (log_probs_and_entropy, _reference_logp_entropy):
+        logits.grad = None
+        logp, entropy = fn(logits, actions, **filters)
+        (w_logp * logp + w_ent * entropy).sum().backward()
+        results.append((logp.detach(), entropy.detach(), logits.grad.clone()))
+    (logp, entropy, grad), (ref_logp, ref_entropy, ref_grad) = results
+    assert logp.dtype == torch.float64 and logp.shape == actions.shape
+    torch.testing.assert_close(logp, ref_logp)
+    torch.testing.assert_close(entropy, ref_entropy)
+    torch.testing.assert_close(grad, ref_grad)
+    small = logits[:1, :2].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: log_probs_and_entropy(x, actions[:1, :2], **filters), (small,))
+
+
+def test_fused_log_probs_of_bf16_logits_are_float32_with_a_bf16_gradient() -> None:
+    """bf16 logits (autocast's lm_head): the statistics in float32, the gradient back in the logits' dtype."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 50, generator=g).bfloat16().requires_grad_()
+    actions = torch.randint(50, (2, 3), generator=g)
+    logp, entropy = log_probs_and_entropy(logits, actions)
+    ref_logp, ref_entropy = _reference_logp_entropy(logits.detach(), actions)
+    assert logp.dtype == entropy.dtype == torch.float32
+    torch.testing.assert_close(logp, ref_logp)
+    torch.testing.assert_close(entropy, ref_entropy)
+    (logp.sum() + entropy.sum()).backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()

@@ -262,14 +262,16 @@ class LMPolicy(ActorCriticPolicy):
 
         ``logits`` are over the policy's choices (:meth:`head_logits`); ``keep`` are choice indices.
         """
-        return filter_logits(
-            logits,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            action_mask=self.action_mask if self.allowed_ids is None else None,
-            keep=keep,
-        )
+        return filter_logits(logits, keep=keep, **self.sampling_filters())
+
+    def sampling_filters(self) -> dict[str, Any]:
+        """:func:`~agents.common.sampling.filter_logits`'s keywords for this policy's sampling distribution."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "action_mask": self.action_mask if self.allowed_ids is None else None,
+        }
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Raw logits over the choices: the allowed tokens when there is an action mask, else the vocabulary."""
@@ -358,7 +360,7 @@ class LMPolicy(ActorCriticPolicy):
         h_gen = self.answer_hidden(input_ids, attention_mask, prompt_len)
         tokens = input_ids[:, prompt_len:]
         choices = self.to_choice(tokens)
-        logp, entropy = log_probs_and_entropy(self.filtered_logits(self.head_logits(h_gen), keep=choices), choices)
+        logp, entropy = log_probs_and_entropy(self.head_logits(h_gen), choices, **self.sampling_filters())
         logp = logp.masked_fill(~self.allowed(tokens), float("-inf"))
         values = None
         if with_values:

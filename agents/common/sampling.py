@@ -13,6 +13,8 @@ otherwise drop it and give a log-prob of -inf.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 NEG_INF = float("-inf")
@@ -27,12 +29,12 @@ def filter_logits(
     action_mask: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float32 logits of the sampling distribution over the last dimension (disallowed = -inf).
+    """Float32 (float64 for float64) logits of the sampling distribution over the last dimension (disallowed = -inf).
 
     ``action_mask`` is a bool tensor broadcastable to ``logits``; ``keep`` holds
     token ids (shape ``logits.shape[:-1]``) that stay allowed whatever the filters say.
     """
-    out = logits.float()
+    out = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         out = out / temperature
     if action_mask is not None:
@@ -57,14 +59,96 @@ def _remove(out: torch.Tensor, remove: torch.Tensor, keep: torch.Tensor | None) 
     return out.masked_fill(remove, NEG_INF)
 
 
-def log_probs_and_entropy(filtered: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of ``actions`` and the entropy of each distribution (float32)."""
-    logp_all = torch.log_softmax(filtered, dim=-1)
-    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    p = logp_all.exp()
-    # masked_fill (not where on a product): 0 * -inf would give NaN gradients for removed tokens
-    entropy = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
-    return logp, entropy
+def log_probs_and_entropy(
+    logits: torch.Tensor, actions: torch.Tensor, **filters: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``actions`` and the entropy of each distribution (float32, shape ``actions.shape``).
+
+    ``logits`` (``actions.shape + (V,)``, any float dtype) are raw or already filtered; ``filters`` are
+    :func:`filter_logits`'s keywords (temperature, top_k, top_p, action_mask), applied here with the
+    actions kept.  The same values as ``log_softmax`` and ``-sum(p * log p)`` over the filtered float32
+    logits, computed a few rows at a time (:class:`_LogProbEntropy`).
+    """
+    rows = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+    if logits.device.type != "cpu":  # one pass on an accelerator: kernel launches, not memory, bound it there
+        rows = max(1, actions.numel())
+    return _LogProbEntropy.apply(logits, actions, rows, filters)
+
+
+#: elements per chunk of rows (2 MB in float32: a row of a 49k vocabulary is 192 kB), small enough that the
+#: passes over a chunk run in the CPU's cache rather than over freshly allocated, page-faulting memory.
+_CHUNK_ELEMENTS = 1 << 19
+
+
+class _LogProbEntropy(torch.autograd.Function):
+    """``log p(action)`` and ``H(p)`` of ``p = softmax(filter(logits))``, row chunk by row chunk.
+
+    The unfused version (a log-softmax, its exp, a product and their backward over the whole
+    ``(B, T, V)`` tensor) made five vocabulary-sized float32 tensors per forward and as many in the
+    backward; on a CPU each is freshly mapped memory and took longer than a decoder layer's matmuls.
+    Here the forward keeps only the row statistics (log-normaliser, entropy) and the backward
+    recomputes ``p`` per chunk.  With ``l = log p``: ``d log p_a / dx = onehot(a) - p`` and
+    ``dH / dx = -p * (l + H)`` (0 where ``p = 0``: ``entr(p) = -p log p`` is 0 there, so tokens
+    the filters removed get no gradient, as the ``-inf`` logits give none), each times
+    ``1 / temperature`` for the raw logits.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, actions: torch.Tensor, rows: int, filters: dict) -> tuple:
+        flat, acts = logits.reshape(-1, logits.shape[-1]), actions.reshape(-1, 1)
+        n, dtype = flat.shape[0], _math_dtype(flat)
+        logp, entropy, lse = (torch.empty(n, dtype=dtype, device=flat.device) for _ in range(3))
+        x_buf, p_buf = _workspace(flat, rows), _workspace(flat, rows)  # reused by every chunk
+        for s in range(0, n, rows):
+            e = min(s + rows, n)
+            x = _filtered(flat[s:e], acts[s:e], filters, x_buf[: e - s])
+            top = x.amax(-1, keepdim=True)
+            p = torch.sub(x, top, out=p_buf[: e - s]).exp_()
+            total = p.sum(-1, keepdim=True)
+            log_z = total.log().add_(top)
+            lse[s:e] = log_z.squeeze(-1)
+            logp[s:e] = (x.gather(-1, acts[s:e]) - log_z).squeeze(-1)
+            entropy[s:e] = torch.special.entr(p.div_(total), out=p).sum(-1)
+        ctx.save_for_backward(logits, actions, lse, entropy)
+        ctx.rows, ctx.filters = rows, filters
+        return logp.view(actions.shape), entropy.view(actions.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_logp: torch.Tensor, grad_entropy: torch.Tensor) -> tuple:
+        logits, actions, lse, entropy = ctx.saved_tensors
+        flat, acts, rows = logits.reshape(-1, logits.shape[-1]), actions.reshape(-1, 1), ctx.rows
+        g_logp = grad_logp.reshape(-1, 1).to(lse.dtype)
+        g_ent = grad_entropy.reshape(-1, 1).to(lse.dtype)
+        scale = 1.0 / ctx.filters.get("temperature", 1.0)
+        coef = (g_ent * entropy.unsqueeze(1) + g_logp).mul_(-scale)  # the p term: -p * (g_ent * H + g_logp)
+        g_logp, g_ent = g_logp * scale, g_ent * scale
+        out = torch.empty_like(flat)
+        x_buf, p_buf = _workspace(flat, rows), _workspace(flat, rows)
+        for s in range(0, flat.shape[0], rows):
+            e = min(s + rows, flat.shape[0])
+            x = _filtered(flat[s:e], acts[s:e], ctx.filters, x_buf[: e - s])
+            p = torch.sub(x, lse[s:e, None], out=p_buf[: e - s]).exp_()
+            grad = torch.special.entr(p, out=x_buf[: e - s]).mul_(g_ent[s:e])
+            grad.addcmul_(p, coef[s:e]).scatter_add_(-1, acts[s:e], g_logp[s:e])
+            out[s:e] = grad
+        return out.view(logits.shape), None, None, None
+
+
+def _math_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 logits
+
+
+def _workspace(flat: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.empty((min(rows, flat.shape[0]), flat.shape[1]), dtype=_math_dtype(flat), device=flat.device)
+
+
+def _filtered(chunk: torch.Tensor, actions: torch.Tensor, filters: dict, buffer: torch.Tensor) -> torch.Tensor:
+    """A chunk's filtered logits in float32 (or float64): copied into ``buffer`` when no filter is set (the
+    default sampling distribution), else a new tensor."""
+    idle = (filters.get("temperature", 1.0) == 1.0 and not filters.get("top_k") and filters.get("top_p", 1.0) >= 1.0
+            and filters.get("action_mask") is None)  # fmt: skip
+    return buffer.copy_(chunk) if idle else filter_logits(chunk, keep=actions.squeeze(-1), **filters)
 
 
 def sample_tokens(filtered: torch.Tensor, generator: torch.Generator | None, deterministic: bool = False) -> torch.Tensor:
