@@ -68,7 +68,7 @@ def test_group_algorithms_need_groups(algo: str) -> None:
 @pytest.mark.learning
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_cli_defaults_learn_copy(cli_runs: dict[str, tuple[Path, float]], algo: str) -> None:
-    """Every algorithm's defaults learn Copy-v0: greedy test accuracy up by at least 0.2 in under 2 minutes."""
+    """Every algorithm's defaults learn Copy-v0: greedy test accuracy up by at least 0.2 in a few CPU minutes."""
     from agents.common.persistence import newest_checkpoint
     from agents.common.policies import LMPolicy
     from agents.evaluation import evaluate_policy_on_env
@@ -82,9 +82,11 @@ def test_cli_defaults_learn_copy(cli_runs: dict[str, tuple[Path, float]], algo: 
 
     run, seconds = cli_runs[algo]
     before, after = accuracy("tiny-random"), accuracy(str(newest_checkpoint(run)))
-    print(f"{algo}: copy accuracy {before:.3f} -> {after:.3f} in {seconds:.0f} s")
+    print(f"{algo}: copy accuracy {before:.3f} -> {after:.3f} in {seconds:.0f} CPU s")
     assert after >= before + 0.2, (before, after)
-    assert seconds < 120 * 1.5  # 2 minutes on an idle machine; slack for a shared CI box
+    # one thread: 60-150 CPU s on this project's CPUs (the slowest, 55 GFLOP/s in fp32); the bound catches a
+    # training that became several times slower, not a slower machine
+    assert seconds < 300, f"{algo}: {seconds:.0f} CPU seconds"
 
 
 @pytest.mark.learning

@@ -124,7 +124,9 @@ def test_shared_prompt_forward_equals_the_plain_forward_with_gradients() -> None
     torch.testing.assert_close(h_shared[real], h_plain[real], atol=1e-5, rtol=1e-4)
     assert g_shared.keys() == g_plain.keys() and g_plain
     for name in g_plain:
-        torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+        # float32 sums in another order: errors scale with the tensor's largest entry, not each entry's own
+        scale = float(g_plain[name].abs().max())
+        torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5 + 1e-6 * scale, rtol=1e-4, msg=name)
 
 
 def test_sequence_forward_and_prefill_with_shared_prompts_equal_one_row_at_a_time() -> None:
