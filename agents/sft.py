@@ -298,7 +298,7 @@ def train_sft(
             grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
-            optimizer.zero_grad(set_to_none=False)  # reused buffers (agents.common.update.Updater.step)
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             value = float(loss.detach())
             loss_sum, token_sum = loss_sum + value, token_sum + n

@@ -110,16 +110,3 @@ def test_readme_textgrpo_block_runs_as_written(tmp_path: Path, monkeypatch) -> N
     exec(compile(readme_block("textgrpo"), "README.md", "exec"), namespace)
     agent = namespace["agent"]
     assert agent.config.loss_type == "dr_grpo" and agent.n_updates >= 1
-
-
-def test_gradient_buffers_are_reused_from_step_to_step() -> None:
-    """zero_grad in place: the next update adds into the same gradient tensors (a fresh model-sized allocation
-    per step page-faulted on a CPU); the resume test above shows the results do not change."""
-    from agents import TextPPO
-
-    agent = TextPPO("LMPolicy", copy_env(), seed=0, **FAST)
-    agent.learn(1)
-    buffers = {name: p.grad.data_ptr() for name, p in agent.policy.named_parameters() if p.grad is not None}
-    agent.learn(1, reset_num_timesteps=False)
-    assert buffers and agent.n_updates == 2
-    assert {name: p.grad.data_ptr() for name, p in agent.policy.named_parameters() if p.grad is not None} == buffers

@@ -68,12 +68,7 @@ class Updater:
         """Accumulate ``loss_fn`` over micro-batches, then one optimizer step; the mini-batch's
         statistics, or None when the step was skipped."""
         totals = Totals(self.dist.sum(mb.gen_mask.sum()).clamp(min=1), self.dist.sum_int(len(mb)), mb.gen_mask.shape[1])
-        # Zeroed in place, not freed: the backward adds into the same buffers every step.  Freed, the
-        # parameters' gradients (the model's size again) were allocated afresh each step, and on a CPU the
-        # first touch of that memory cost more than the embedding's backward (benchmarks/README.md).  The
-        # same gradients bit for bit (0 + g = g); a parameter that gets a gradient gets one in every step (the
-        # same loss terms), so none is moved by a stale zero.
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         exploded = not_finite = False
         size = self.micro_batch_size or len(mb)
@@ -97,14 +92,14 @@ class Updater:
         exploded, values = self.dist.agree(exploded, [*(sums.get(k, 0.0) for k in names), float(not_finite)])
         sums, not_finite = dict(zip(names, values[:-1])), values[-1] > 0
         if exploded or not_finite:
-            self.optimizer.zero_grad(set_to_none=False)
+            self.optimizer.zero_grad(set_to_none=True)
             self.skipped += int(exploded and not not_finite)
             self.nonfinite += int(not_finite)
             return None
         self.dist.all_reduce_gradients(self.params)
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         if not torch.isfinite(gnorm):  # the same reduced gradients on every rank: the same decision
-            self.optimizer.zero_grad(set_to_none=False)
+            self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
             return None
         self.optimizer.step()
