@@ -10,10 +10,17 @@ import tempfile
 import threading
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One torch thread for the whole suite and every process it starts (before torch is imported).  The CLI
+# trainings below run on the other core the whole time; a 2-thread torch beside them oversubscribed the two
+# cores and its threads waited on each other: the all-envs bench fixture took 67 s instead of 37 s beside one
+# busy process, and the suite 19 minutes.  Tiny models gain nothing from a second thread.  A value set
+# outside (OMP_NUM_THREADS=2 make test) is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import textgym
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import textgym  # noqa: E402
 
 TINY = "tiny-random"
 
