@@ -28,13 +28,16 @@ def filter_logits(
     top_p: float = 1.0,
     action_mask: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 (float64 for float64) logits of the sampling distribution over the last dimension (disallowed = -inf).
 
     ``action_mask`` is a bool tensor broadcastable to ``logits``; ``keep`` holds
     token ids (shape ``logits.shape[:-1]``) that stay allowed whatever the filters say.
+    ``buffer`` (``logits``' shape, :func:`_math_dtype`) receives the upcast logits instead of a new tensor;
+    it is what is returned when no filter is active.
     """
-    out = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    out = logits.to(_math_dtype(logits)) if buffer is None else buffer.copy_(logits)
     if temperature != 1.0:
         out = out / temperature
     if action_mask is not None:
@@ -101,7 +104,7 @@ class _LogProbEntropy(torch.autograd.Function):
         x_buf, p_buf = _workspace(flat, rows), _workspace(flat, rows)  # reused by every chunk
         for s in range(0, n, rows):
             e = min(s + rows, n)
-            x = _filtered(flat[s:e], acts[s:e], filters, x_buf[: e - s])
+            x = filter_logits(flat[s:e], keep=acts[s:e, 0], buffer=x_buf[: e - s], **filters)
             top = x.amax(-1, keepdim=True)
             p = torch.sub(x, top, out=p_buf[: e - s]).exp_()
             total = p.sum(-1, keepdim=True)
@@ -127,7 +130,7 @@ class _LogProbEntropy(torch.autograd.Function):
         x_buf, p_buf = _workspace(flat, rows), _workspace(flat, rows)
         for s in range(0, flat.shape[0], rows):
             e = min(s + rows, flat.shape[0])
-            x = _filtered(flat[s:e], acts[s:e], ctx.filters, x_buf[: e - s])
+            x = filter_logits(flat[s:e], keep=acts[s:e, 0], buffer=x_buf[: e - s], **ctx.filters)
             p = torch.sub(x, lse[s:e, None], out=p_buf[: e - s]).exp_()
             grad = torch.special.entr(p, out=x_buf[: e - s]).mul_(g_ent[s:e])
             grad.addcmul_(p, coef[s:e]).scatter_add_(-1, acts[s:e], g_logp[s:e])
@@ -141,14 +144,6 @@ def _math_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _workspace(flat: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.empty((min(rows, flat.shape[0]), flat.shape[1]), dtype=_math_dtype(flat), device=flat.device)
-
-
-def _filtered(chunk: torch.Tensor, actions: torch.Tensor, filters: dict, buffer: torch.Tensor) -> torch.Tensor:
-    """A chunk's filtered logits in float32 (or float64): copied into ``buffer`` when no filter is set (the
-    default sampling distribution), else a new tensor."""
-    idle = (filters.get("temperature", 1.0) == 1.0 and not filters.get("top_k") and filters.get("top_p", 1.0) >= 1.0
-            and filters.get("action_mask") is None)  # fmt: skip
-    return buffer.copy_(chunk) if idle else filter_logits(chunk, keep=actions.squeeze(-1), **filters)
 
 
 def sample_tokens(filtered: torch.Tensor, generator: torch.Generator | None, deterministic: bool = False) -> torch.Tensor:
