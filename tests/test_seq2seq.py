@@ -3,6 +3,7 @@ checkpoints, LoRA, evaluation and generate(), on a tiny randomly initialised T5 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -65,6 +66,22 @@ def test_auto_picks_the_class_by_config_and_a_wrong_kind_fails_clearly(t5: str, 
     # A head padded past the tokenizer (flan-t5: 32128 rows, 32100 tokens) is allowed; its extra rows are never sampled.
     padded = policy_for(str(build_tiny_t5(tmp_path / "padded", vocab_size=49152 + 64)), 49152)
     assert padded.allowed_ids is not None and len(padded.allowed_ids) == 49152
+
+
+def test_bf16_on_a_cpu_trains_t5_with_its_position_bias_in_fp32_attention(t5: str) -> None:
+    """Under bf16 on a CPU the engine runs attention in fp32 (agents.common.lm.fp32_attention); T5 passes its
+    relative position bias (bf16 under autocast) as an additive mask, which must be upcast with the rest
+    (it raised "Expected attn_mask dtype to be bool or float" on CPUs where bf16="auto" is on)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16=True on a CPU without bf16 instructions warns (emulated)
+        agent = TextPPO("auto", copy_env(t5), model=t5, bf16=True, **FAST)
+    assert agent.policy.lm.config._attn_implementation != "sdpa"  # switched to the fp32 attention
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.learn(total_timesteps=1)
+    assert math.isfinite(agent.history[-1]["train/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
 
 
 def teacher_forced_logp(model, prompt: torch.Tensor, answer: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:

@@ -35,8 +35,11 @@ def _sdpa_in_fp32(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     dtype = query.dtype
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
+
+    def fp32(x: Any) -> Any:  # the additive masks: the attention mask, T5's position bias (bf16 under autocast)
+        return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    attention_mask, kwargs = fp32(attention_mask), {name: fp32(value) for name, value in kwargs.items()}
     with torch.autocast(query.device.type, enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
     return out.to(dtype), weights
