@@ -340,8 +340,7 @@ class TextGRPO(OnPolicyAlgorithm):
     def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """GRPO's per-token loss, aggregated as ``loss_type``, as this slice's share of the mini-batch."""
         cfg, mask = self.config, mb.gen_mask
-        with self.ctx():
-            logp, entropy, _ = self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len, with_values=False)
+        logp, entropy, _ = self.policy_forward(mb, with_values=False)
         per_token, info = grpo_per_token_loss(logp, mb.old_logp, mb.ref_logp, mb.advantages, mask,
                                               cfg.epsilon_low, cfg.epsilon_high, beta=cfg.kl_coef)  # fmt: skip
         rows = len(mb) / totals.sequences

@@ -117,8 +117,7 @@ class TextPPO(OnPolicyAlgorithm):
     def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + vf_coef * clipped value loss - ent_coef * entropy, token-averaged."""
         cfg, mask = self.config, mb.gen_mask
-        with self.ctx():
-            logp, entropy, values = self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len)
+        logp, entropy, values = self.policy_forward(mb)
         pol = clipped_policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip_range)
         vloss, vclip = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.clip_range_vf)
         ent = masked_mean(entropy, mask)

@@ -195,8 +195,7 @@ class TextRLOO(OnPolicyAlgorithm):
     def loss(self, mb: SequenceBatch, totals: Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The clipped sequence-level objective, averaged over the mini-batch's sequences (this slice's share)."""
         cfg, mask = self.config, mb.gen_mask
-        with self.ctx():
-            logp, entropy, _ = self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len, with_values=False)
+        logp, entropy, _ = self.policy_forward(mb, with_values=False)
         per_sequence, info = rloo_per_sequence_loss(logp, mb.old_logp, mb.advantages, mask, cfg.epsilon_low, cfg.epsilon_high)
         loss = rloo_aggregate_loss(per_sequence) * (len(mb) / totals.sequences)
         return loss, {

@@ -131,6 +131,49 @@ def test_old_logprobs_come_from_the_training_forward(algo: str) -> None:
     assert float((ratio - 1).abs().max()) < 0.02 and float(ratio.std()) < 0.005
 
 
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_one_micro_batch_update_reuses_prepares_forward_for_its_first_step(algo: str, monkeypatch) -> None:
+    """bf16 recomputes the old log-probs; when one micro-batch takes the whole batch, that forward (kept with its
+    graph) is also the first step's: one policy forward less per update, the first ratio exactly 1, and the
+    same weights as an update that runs the forward again."""
+    from agents.common import on_policy
+
+    def update(keep: bool) -> tuple[list[torch.Tensor], int, dict]:
+        agent = algorithm(algo)("LMPolicy", copy_env(8), seed=1, bf16=True, **{**FAST, "group_size": 4})
+        batch = agent.collect(agent._init_callback(None))
+        monkeypatch.setattr(on_policy.OnPolicyAlgorithm, "_first_step_takes_all", lambda self, n: keep)
+        calls, forward = [], agent.policy.sequence_forward
+
+        def counted(*args, **kwargs):
+            calls.append(torch.is_grad_enabled())
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(agent.policy, "sequence_forward", counted)
+        ratios = []
+        step = on_policy.Updater.step
+
+        def logged(self, mb, loss_fn):
+            out = step(self, mb, loss_fn)
+            ratios.append(out["ratio"])
+            return out
+
+        monkeypatch.setattr(on_policy.Updater, "step", logged)
+        agent.checked_train(batch)
+        monkeypatch.undo()
+        assert agent._kept_forward is None  # nothing kept past the update
+        return weights(agent), len(calls), {"ratios": ratios, "with_grad": calls}
+
+    kept, kept_calls, kept_log = update(True)
+    fresh, fresh_calls, fresh_log = update(False)
+    epochs = FAST["n_epochs"]
+    # prepare: reference + policy forward; then one forward per epoch, the first of them prepare's
+    assert fresh_calls == 2 + epochs and kept_calls == 1 + epochs
+    assert kept_log["with_grad"][:2] == [False, True]  # the reference without a graph, the policy's kept
+    assert kept_log["ratios"][0] == 1.0  # the same tensor: old log-probs are the first step's, detached
+    for a, b in zip(kept, fresh):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_decode_runs_the_model_in_bf16_and_the_callers_code_without_autocast() -> None:
     """``on_tokens`` steps the env, whose reward may run a model of its own: never under the policy's autocast."""
     from agents.common.decoding import decode

@@ -95,9 +95,15 @@ class SequenceBatch:
 
         Rows ``[k*group_size, (k+1)*group_size)`` (completions of one prompt) are shuffled as a
         block and stay consecutive, so a chunk of a multiple of ``group_size`` rows holds whole
-        groups and encodes each prompt once.
+        groups and encodes each prompt once.  One chunk of all rows keeps their order (a shuffle
+        would change nothing but the order of a sum, and the order lets the first step reuse a forward of
+        the batch: ``OnPolicyAlgorithm.policy_forward``); the permutation is drawn either way, so the
+        generator's stream does not depend on ``batch_size``.
         """
         groups = torch.randperm(len(self) // group_size, generator=generator)
+        if batch_size >= len(self):
+            yield torch.arange(len(self))
+            return
         order = (groups.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
         yield from order.split(batch_size)
 

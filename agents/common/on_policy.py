@@ -9,7 +9,9 @@ loop.  The engine does everything else the same way for all of them:
   non-finite rewards, call ``train``, log, save checkpoints, stop on signals;
 * :meth:`prepare`: the reference model's log-probs, the per-token KL estimate
   and the rollout statistics (the old log-probs and values come from the
-  rollout; under bf16 they are recomputed with the training forward);
+  rollout; under bf16 they are recomputed with the training forward, and when
+  one micro-batch takes the whole batch that forward is also the first step's:
+  :meth:`policy_forward`);
 * an :class:`~agents.common.update.Updater` for mini-batch optimizer steps;
 * ``predict``/``generate``, ``save``/``load`` (through :meth:`state_dict`),
   data parallelism (:mod:`agents.common.distributed`).
@@ -47,6 +49,19 @@ from agents.common.rollout import collect_episodes
 from agents.common.running import RunningMoments
 from agents.common.update import Totals, Updater
 from textgym.models import default_model
+
+
+class _KeptForward:
+    """A policy forward with its graph, kept by :meth:`OnPolicyAlgorithm.prepare` for the first loss."""
+
+    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int, with_values: bool, outputs: tuple):
+        self.ids, self.mask, self.prompt_len, self.with_values, self.outputs = ids, mask, prompt_len, with_values, outputs
+
+    def serves(self, mb: SequenceBatch, with_values: bool) -> bool:
+        """Whether ``mb`` is the batch this forward ran on (the same rows in the same order)."""
+        return (with_values == self.with_values and mb.prompt_len == self.prompt_len
+                and mb.input_ids.shape == self.ids.shape and torch.equal(mb.input_ids, self.ids)
+                and torch.equal(mb.attention_mask, self.mask))  # fmt: skip
 
 
 class OnPolicyAlgorithm(AgentAPI):
@@ -117,6 +132,7 @@ class OnPolicyAlgorithm(AgentAPI):
         self.history: list[dict[str, float]] = []
         self._logger: Logger | None = None
         self.score_moments = RunningMoments()
+        self._kept_forward: _KeptForward | None = None  # prepare's forward, for the update's first step
         self.torch_gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
         self.np_rng = self.dist.decorrelate(self.torch_gen, np.random.default_rng(seed))
         if init_model:
@@ -291,6 +307,7 @@ class OnPolicyAlgorithm(AgentAPI):
         try:
             stats = self.train(batch)
         finally:
+            self._kept_forward = None  # an update that ended before its first step leaves none behind
             self.policy.set_training_mode(False)
         if stats.get("train/skipped_update"):
             return stats
@@ -347,6 +364,26 @@ class OnPolicyAlgorithm(AgentAPI):
         size = self.config.micro_batch_size or self.config.batch_size or n
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+    def _first_step_takes_all(self, n: int) -> bool:
+        """Whether the update's first loss is one forward of all ``n`` rows, in order, on the weights of the
+        rollout: one mini-batch (whose rows :meth:`SequenceBatch.minibatches` then leaves in order) of one
+        micro-batch.  Gradient checkpointing is left out: prepare's forward would keep every activation."""
+        cfg = self.config
+        return (cfg.batch_size or n) >= n and (cfg.micro_batch_size or n) >= n and not cfg.gradient_checkpointing
+
+    def policy_forward(self, mb: SequenceBatch, with_values: bool = True) -> tuple:
+        """``policy.sequence_forward`` of a slice of a mini-batch, with gradients, for an algorithm's loss.
+
+        The update's first call may return the forward :meth:`prepare` ran for the old log-probs (bf16: they
+        are recomputed) instead of running the model again: kept with its graph when one micro-batch takes the
+        whole batch, and used only for the same rows, on the same weights (before the first optimizer step).
+        So a bf16 update costs one forward less, and the first step's ratio is exactly 1."""
+        kept, self._kept_forward = self._kept_forward, None
+        if kept is not None and kept.serves(mb, with_values):
+            return kept.outputs
+        with self.ctx():
+            return self.policy.sequence_forward(mb.input_ids, mb.attention_mask, mb.prompt_len, with_values=with_values)
+
     @torch.no_grad()
     def reference_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """Log-probs of the generated tokens under the frozen reference (same sampling transform)."""
@@ -363,15 +400,20 @@ class OnPolicyAlgorithm(AgentAPI):
         # rounding).  Under bf16 the two round differently, so the ratio would not start at 1: the rollout
         # records none, and they are recomputed here with the autocast forward the update runs.
         recompute = batch.old_logp is None or (self.uses_values and batch.values is None) or self.autocast() is not None
+        keep = recompute and self._first_step_takes_all(len(batch))
         old, ref, values = [], [], []
         for sl in self._chunks(len(batch)):
             ids, mask = batch.input_ids[sl], batch.attention_mask[sl]
+            ref.append(self.reference_logprobs(ids, mask, P))  # first: a kept graph is not held through it
             if recompute:
-                with self.ctx():
-                    logp, _, val = self.policy.sequence_forward(ids, mask, P, with_values=self.uses_values)
-                old.append(logp)
-                values.append(None if val is None else val.float())
-            ref.append(self.reference_logprobs(ids, mask, P))
+                self.policy.set_training_mode(keep)  # a kept forward is the first step's: in training mode
+                with self.ctx(), torch.set_grad_enabled(keep):
+                    out = self.policy.sequence_forward(ids, mask, P, with_values=self.uses_values)
+                if keep:
+                    self._kept_forward = _KeptForward(ids, mask, P, self.uses_values, out)
+                logp, _, val = out
+                old.append(logp.detach())
+                values.append(None if val is None else val.detach().float())
         gen_mask = batch.gen_mask
         if recompute:
             batch.old_logp = torch.cat(old)

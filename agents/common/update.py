@@ -103,6 +103,7 @@ class Updater:
             self.nonfinite += 1
             return None
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # freed now, not held through the next rollout and prepare
         self.steps += 1
         sums["grad_norm"] = float(gnorm)
         for key, value in sums.items():
