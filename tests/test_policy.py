@@ -164,3 +164,39 @@ def test_sb3_adapter_translates_autoreset() -> None:
         assert final["attention_mask"][P:].sum() == 1 and obs2["attention_mask"][i, P:].sum() == 0  # next episode
     with pytest.raises(TypeError, match="TextVectorEnv"):
         SB3VecEnv(gym.make("textgym/Copy-v0", model="tiny-random"))  # type: ignore[arg-type]
+
+
+def test_a_tied_embedding_gets_a_sparse_gradient_that_sums_into_the_heads(env) -> None:
+    """The input embedding shares the head's weight: its gradient is sparse (the batch's rows), and the weight's
+    gradient after backward is the dense sum it was with a dense embedding gradient; untied or frozen: unchanged."""
+    from agents.common.lm import load_causal_lm, sparse_embedding_gradient
+
+    policy = make_policy(env)
+    embedding = policy.lm.get_input_embeddings()
+    assert embedding.sparse and embedding.weight is policy.lm.get_output_embeddings().weight
+    obs, _ = env.reset(seed=0)
+    batch = collect_episodes(policy, env, obs, generator=torch.Generator().manual_seed(0))
+
+    def weight_grad(sparse: bool) -> torch.Tensor:
+        embedding.sparse = sparse
+        policy.lm.zero_grad(set_to_none=True)
+        for part in (slice(0, 2), slice(2, 4)):  # two micro-batches accumulate
+            logp, _, _ = policy.sequence_forward(batch.input_ids[part], batch.attention_mask[part], batch.prompt_len,
+                                                 with_values=False)  # fmt: skip
+            logp[batch.gen_mask[part]].sum().backward()
+        assert not embedding.weight.grad.is_sparse
+        return embedding.weight.grad.clone()
+
+    dense, sparse = weight_grad(False), weight_grad(True)
+    policy.lm.zero_grad(set_to_none=True)  # a backward without the head: the hook makes the sparse gradient dense
+    policy.decoder(input_ids=batch.input_ids).last_hidden_state.sum().backward()
+    assert not embedding.weight.grad.is_sparse and embedding.weight.grad.abs().sum() > 0
+    rows = batch.input_ids.unique()
+    assert dense[rows].abs().sum() > 0
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-7)
+    untied = load_causal_lm("tiny-random")
+    untied.lm_head.weight = nn.Parameter(untied.lm_head.weight.detach().clone())
+    assert not sparse_embedding_gradient(untied) and not untied.get_input_embeddings().sparse
+    frozen = load_causal_lm("tiny-random")
+    frozen.get_input_embeddings().weight.requires_grad_(False)
+    assert not sparse_embedding_gradient(frozen)

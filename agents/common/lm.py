@@ -64,6 +64,31 @@ def fp32_attention(lm: nn.Module | None) -> bool:
     return True
 
 
+def sparse_embedding_gradient(lm: nn.Module) -> bool:
+    """Give ``lm``'s input embedding a sparse gradient where its weight is the output head's (tied) and trained.
+
+    The head's gradient covers the whole vocabulary anyway; the embedding's own covers the rows of the tokens
+    in the batch, and dense it costs a zeroed vocabulary x hidden buffer and a sum with the head's per backward
+    (SmolLM2-135M: 49,152 x 576 floats, 113 MB).  Sparse, autograd adds those rows into the head's dense
+    gradient: the same sum (tests/test_policy.py).  A backward without the head (the decoder's hidden states
+    alone) would leave a sparse ``.grad``: a hook makes it dense, so ``.grad`` is dense for every caller.
+    Returns whether the embedding was switched.
+    """
+    embedding, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+    if not isinstance(embedding, nn.Embedding) or head is None or head.weight is not embedding.weight:
+        return False
+    if not embedding.weight.requires_grad:  # LoRA: frozen
+        return False
+    embedding.sparse = True
+    embedding.weight.register_post_accumulate_grad_hook(_dense_grad)
+    return True
+
+
+def _dense_grad(weight: torch.Tensor) -> None:
+    if weight.grad is not None and weight.grad.is_sparse:
+        weight.grad = weight.grad.to_dense()
+
+
 def disable_dropout(module: nn.Module) -> None:
     """Dropout off everywhere (policy, reference and critic must be deterministic functions)."""
     for sub in module.modules():

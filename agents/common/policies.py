@@ -47,6 +47,7 @@ from agents.common.lm import (
     run_decoder,
     select_cache_rows,
     shared_prefix_forward,
+    sparse_embedding_gradient,
 )
 from agents.common.sampling import filter_logits, log_probs_and_entropy
 from agents.common.seq2seq import Seq2SeqMethods
@@ -193,6 +194,7 @@ class LMPolicy(ActorCriticPolicy):
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora:
                 lm.enable_input_require_grads()
+        sparse_embedding_gradient(lm)
         self.lm = lm
         hidden = int(self.base_lm.get_output_embeddings().weight.shape[1])
         self.value_head = nn.Linear(hidden, 1)
