@@ -163,6 +163,10 @@ def test_one_micro_batch_update_reuses_prepares_forward_for_its_first_step(algo:
         assert agent._kept_forward is None  # nothing kept past the update
         return weights(agent), len(calls), {"ratios": ratios, "with_grad": calls}
 
+    whole = algorithm(algo)("LMPolicy", copy_env(8), seed=1, bf16=True, **{**FAST, "group_size": 4})
+    assert whole._first_step_takes_all(8)  # no batch_size / micro_batch_size: one micro-batch of all rows
+    split = algorithm(algo)("LMPolicy", copy_env(8), seed=1, bf16=True, micro_batch_size=4, **{**FAST, "group_size": 4})
+    assert not split._first_step_takes_all(8)  # two micro-batches: prepare's forward is not the first step's
     kept, kept_calls, kept_log = update(True)
     fresh, fresh_calls, fresh_log = update(False)
     epochs = FAST["n_epochs"]

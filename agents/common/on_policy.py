@@ -367,9 +367,9 @@ class OnPolicyAlgorithm(AgentAPI):
     def _first_step_takes_all(self, n: int) -> bool:
         """Whether the update's first loss is one forward of all ``n`` rows, in order, on the weights of the
         rollout: one mini-batch (whose rows :meth:`SequenceBatch.minibatches` then leaves in order) of one
-        micro-batch.  Gradient checkpointing is left out: prepare's forward would keep every activation."""
-        cfg = self.config
-        return (cfg.batch_size or n) >= n and (cfg.micro_batch_size or n) >= n and not cfg.gradient_checkpointing
+        micro-batch, i.e. prepare's single chunk.  Gradient checkpointing is left out: prepare's forward would keep
+        every activation."""
+        return len(self._chunks(n)) == 1 and not self.config.gradient_checkpointing
 
     def policy_forward(self, mb: SequenceBatch, with_values: bool = True) -> tuple:
         """``policy.sequence_forward`` of a slice of a mini-batch, with gradients, for an algorithm's loss.
