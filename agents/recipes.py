@@ -108,18 +108,6 @@ def _env_kwargs(budget: RecipeBudget, model: str | None) -> dict[str, Any]:
     return out
 
 
-def _stop_after(updates: int) -> Any:
-    """An SB3 callback that stops ``learn`` once ``updates`` updates are done (the next rollout is abandoned at its
-    first token), so a budget in updates does not depend on how long episodes are."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class StopAfterUpdates(BaseCallback):
-        def _on_step(self) -> bool:
-            return self.model.n_updates < updates
-
-    return StopAfterUpdates()
-
-
 def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: str | None, device: str,
                progress: bool = False) -> Path:  # fmt: skip
     """The ``sft`` stage of ``seed`` (trained once, then reused): its final checkpoint."""
@@ -156,7 +144,7 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
         env = gym.make_vec(env_id, num_envs=budget.num_envs, split="train", **_env_kwargs(budget, start))
         agent = cls("auto", env, model=start, seed=seed, verbose=0, config=config, device=device)
     if agent.n_updates < budget.updates:
-        agent.learn(total_timesteps=10**12, callback=_stop_after(budget.updates), reset_num_timesteps=False,
+        agent.learn(updates=budget.updates - agent.n_updates, reset_num_timesteps=False,
                     save_dir=run_dir, save_every=5, keep_checkpoints=1, progress_bar=progress)  # fmt: skip
     checkpoint = agent.save_checkpoint(run_dir, 1)
     if agent.n_updates < budget.updates:  # learn() returned early: SIGINT/SIGTERM. Never score a short run as the budget's

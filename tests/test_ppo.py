@@ -62,6 +62,24 @@ def test_resume_equals_straight_training(tmp_path: Path) -> None:
     assert straight.kl_ctl.value == pytest.approx(resumed.kl_ctl.value)
 
 
+def test_budget_in_updates_stops_at_the_count_and_resumes(tmp_path: Path, capsys) -> None:
+    """learn(updates=N) runs exactly N more updates whatever the answer lengths, its linear schedule reaches 0 at
+    the N-th, a resumed run continues toward the saved target, and the progress bar counts updates."""
+    seen: list[float] = []
+    kwargs = {**FAST, "seed": 1, "learning_rate": lambda remaining: seen.append(remaining) or 1e-3}
+    agent = TextPPO("LMPolicy", copy_env(4), **kwargs)
+    agent.learn(updates=2, save_dir=tmp_path / "run", progress_bar=True)
+    assert agent.n_updates == 2 and agent.total_updates == 2
+    assert "2/2" in capsys.readouterr().err  # the bar's count is updates, not tokens
+    assert seen[-2:] == [1.0, 0.5]  # progress_remaining before each update
+    resumed = TextPPO.load(tmp_path / "run", env=copy_env(4), learning_rate=kwargs["learning_rate"])
+    assert resumed.total_updates == 2  # the saved target
+    resumed.learn(updates=3, reset_num_timesteps=False)
+    assert resumed.n_updates == 5 and resumed.num_timesteps > agent.num_timesteps
+    resumed.learn(total_timesteps=1, reset_num_timesteps=False)  # back to a token budget: one update
+    assert resumed.n_updates == 6 and resumed.total_updates is None
+
+
 def test_checkpoint_is_a_plain_hf_model_and_saves_atomically(tmp_path: Path, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -122,6 +140,11 @@ def test_bad_inputs() -> None:
     for bad in (0, -5, 1.5):
         with pytest.raises(ValueError, match=f"total_timesteps must be a positive integer.*got {bad}"):
             agent.learn(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=f"updates must be a positive integer, got {bad}"):
+            agent.learn(updates=bad)  # type: ignore[arg-type]
+    for both in ({}, {"total_timesteps": 10, "updates": 1}):
+        with pytest.raises(ValueError, match="learn\\(\\) takes one budget: total_timesteps .* or updates"):
+            agent.learn(**both)
 
 
 def test_single_env_is_wrapped_and_predict_generate_work() -> None:

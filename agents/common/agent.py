@@ -168,6 +168,7 @@ class AgentAPI:
         return {
             "num_timesteps": self.num_timesteps,
             "total_timesteps": self.total_timesteps,  # the target of the learn() call in progress
+            "total_updates": self.total_updates,  # learn(updates=)'s target, else None
             "n_updates": self.n_updates,
             "torch_rng": torch.get_rng_state(),
             "sampling_rng": self.torch_gen.get_state(),
@@ -179,6 +180,7 @@ class AgentAPI:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_timesteps, self.n_updates = int(state["num_timesteps"]), int(state["n_updates"])
         self.total_timesteps = int(state.get("total_timesteps", self.num_timesteps))
+        self.total_updates = state.get("total_updates")
         torch.set_rng_state(state["torch_rng"])
         self.torch_gen.set_state(state["sampling_rng"])
         self.np_rng = np.random.default_rng()

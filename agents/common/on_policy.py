@@ -127,6 +127,7 @@ class OnPolicyAlgorithm(AgentAPI):
                 stacklevel=2,
             )
         self.num_timesteps = self.n_updates = self.total_timesteps = 0
+        self.total_updates: int | None = None  # learn(updates=N)'s target, else None (the budget is in tokens)
         self.stopped_by_signal = False
         self.nonfinite_streak, self.nonfinite_reason = 0, ""
         self.history: list[dict[str, float]] = []
@@ -190,7 +191,7 @@ class OnPolicyAlgorithm(AgentAPI):
     # -- learning ---------------------------------------------------------------------
     def learn(
         self,
-        total_timesteps: int,
+        total_timesteps: int | None = None,
         callback: Any = None,
         log_interval: int = 1,
         tb_log_name: str = "",
@@ -200,8 +201,11 @@ class OnPolicyAlgorithm(AgentAPI):
         save_every: int | None = None,
         keep_checkpoints: int = 2,
         report_to: str | Sequence[str] | None = None,
+        updates: int | None = None,
     ) -> OnPolicyAlgorithm:
-        """Train until ``total_timesteps`` more tokens have been generated (SB3 semantics).
+        """Train until ``total_timesteps`` more tokens have been generated (SB3 semantics), or, given ``updates``
+        instead, for that many more updates (a budget that does not depend on how long the answers are; the
+        progress bar then counts updates).
 
         ``callback``: an SB3 callback, a list of them, or a function ``f(locals, globals) -> bool``;
         :class:`~agents.common.eval_callback.TextEvalCallback` evaluates between updates.
@@ -215,17 +219,20 @@ class OnPolicyAlgorithm(AgentAPI):
         (tokens/s, ETA, reward, KL).  Updates whose rewards or losses are not finite are skipped with a
         warning; ``max_nonfinite_updates`` of them in a row raise :class:`NonFiniteError`.
         """
-        records.check_learn_args(total_timesteps, save_dir, save_every, report_to)
+        records.check_learn_args(total_timesteps, updates, save_dir, save_every, report_to)
         if reset_num_timesteps:
             self.num_timesteps = 0
-        self.total_timesteps = int(total_timesteps) + self.num_timesteps
+        if updates is None:
+            self.total_timesteps, self.total_updates = int(total_timesteps) + self.num_timesteps, None
+        else:
+            self.total_timesteps, self.total_updates = self.num_timesteps, self.n_updates + int(updates)
         cb = self._init_callback(callback if self.dist.is_main else None)  # callbacks (eval, saves) on rank 0 only
         run = records.RunRecords(self, save_dir, report_to, progress_bar)  # rank 0: logger outputs, bar, curve
         self.stopped_by_signal = False  # True when SIGINT/SIGTERM ended this call
         try:
             cb.on_training_start(locals(), globals())
             with GracefulStop() as stop:
-                while self.num_timesteps < self.total_timesteps:
+                while self.progress_remaining() > 0:
                     started, before = time.perf_counter(), self.num_timesteps
                     cb.on_rollout_start()
                     batch = self.collect(cb)
@@ -256,6 +263,13 @@ class OnPolicyAlgorithm(AgentAPI):
         finally:
             run.close()  # the last curve; files closed, the agent's own logger back
         return self
+
+    def progress_remaining(self) -> float:
+        """SB3's ``progress_remaining`` of the ``learn()`` call in progress: 1 at the start of a run, 0 when its
+        budget (``total_timesteps`` tokens, or ``total_updates`` updates) is spent; learning-rate schedules take it."""
+        if self.total_updates is not None:
+            return 1.0 - self.n_updates / max(self.total_updates, 1)
+        return 1.0 - self.num_timesteps / max(self.total_timesteps, 1)
 
     def collect(self, callback: BaseCallback) -> SequenceBatch | None:
         """``n_rollouts`` lockstep rollouts as one batch (None when a callback stopped training)."""
@@ -301,7 +315,7 @@ class OnPolicyAlgorithm(AgentAPI):
             nan = float("nan")  # the rollout's means are undefined; NaN keeps every history entry's keys
             return {"rollout/ep_rew_mean": nan, "rollout/ep_len_mean": nan, "rollout/kl_ref": nan,
                     "train/nonfinite_episodes": float(bad), "train/skipped_update": 1.0}  # fmt: skip
-        lr = self.lr_schedule(1.0 - self.num_timesteps / max(self.total_timesteps, 1))
+        lr = self.lr_schedule(self.progress_remaining())
         for group in self.policy.optimizer.param_groups:
             group["lr"] = lr
         try:

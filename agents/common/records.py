@@ -74,10 +74,19 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_learn_args(total_timesteps: Any, save_dir: Any, save_every: Any, report_to: Any) -> None:
+def _positive_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value > 0
+
+
+def check_learn_args(total_timesteps: Any, updates: Any, save_dir: Any, save_every: Any, report_to: Any) -> None:
     """``learn()``'s argument checks (ValueError)."""
-    if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps <= 0:
+    if (total_timesteps is None) == (updates is None):
+        raise ValueError(f"learn() takes one budget: total_timesteps (generated tokens) or updates, got "
+                         f"total_timesteps={total_timesteps!r}, updates={updates!r}")  # fmt: skip
+    if total_timesteps is not None and not _positive_int(total_timesteps):
         raise ValueError(f"total_timesteps must be a positive integer (generated tokens), got {total_timesteps!r}")
+    if updates is not None and not _positive_int(updates):
+        raise ValueError(f"updates must be a positive integer, got {updates!r}")
     if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
         raise ValueError(f"save_every must be a positive integer (updates) or None, got {save_every!r}")
     if save_every is not None and save_dir is None:
@@ -253,8 +262,11 @@ class RunRecords:
         if main and progress_bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=agent.total_timesteps, initial=agent.num_timesteps, unit="tok", unit_scale=True,
-                            dynamic_ncols=True, file=sys.stderr, desc=type(agent).__name__)  # fmt: skip
+            by_update = agent.total_updates is not None  # learn(updates=N): the bar counts updates, not tokens
+            self.bar = tqdm(total=agent.total_updates if by_update else agent.total_timesteps,
+                            initial=agent.n_updates if by_update else agent.num_timesteps,
+                            unit="update" if by_update else "tok", unit_scale=not by_update, dynamic_ncols=True,
+                            file=sys.stderr, desc=type(agent).__name__)  # fmt: skip
 
     def _config(self) -> dict[str, Any]:
         spec = getattr(self.agent.env, "spec", None)
@@ -263,13 +275,15 @@ class RunRecords:
         return json.loads(json.dumps(config, default=str))
 
     def progress(self, tokens: int, stats: dict[str, float]) -> None:
-        """Advance the bar by an update's tokens; its postfix shows the update's reward and KL."""
+        """Advance the bar by an update (its tokens, or one where the budget is in updates); its postfix shows
+        the update's reward and KL."""
         if self.bar is not None:
             shown = {"reward": stats.get("rollout/ep_rew_mean"), "kl": stats.get("rollout/kl_ref")}
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
-            if self.bar.n + tokens > self.bar.total:  # the last update overshoots the target: end at 100%
-                self.bar.total = self.bar.n + tokens
-            self.bar.update(tokens)
+            step = 1 if self.agent.total_updates is not None else tokens
+            if self.bar.n + step > self.bar.total:  # the last update overshoots the token target: end at 100%
+                self.bar.total = self.bar.n + step
+            self.bar.update(step)
 
     def saved(self) -> None:
         """A checkpoint was saved: redraw the learning curve."""
