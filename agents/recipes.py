@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 import traceback
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ class RecipeBudget:
 
     Args:
         sft_epochs: warm-start passes over the train split.
+        sft_config: more :class:`~agents.sft.SFTConfig` fields of the warm start (e.g. ``{"learning_rate": 5e-5}``).
         updates: RL updates, each of ``num_envs`` episodes (``num_envs // group_size`` prompts).
         num_envs: episodes per RL update.
         max_new_tokens: the env's answer length (None: the env's default).
@@ -82,6 +84,7 @@ class RecipeBudget:
     num_envs: int = 32
     max_new_tokens: int | None = None
     bf16: bool | str = "auto"
+    sft_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     rl_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -92,6 +95,12 @@ class RecipeBudget:
         from agents.common.launch import checked_device
 
         return dataclasses.replace(self, bf16=use_bf16(self.bf16, checked_device(device)))
+
+    def sft_settings(self) -> Any:
+        """The warm start's :class:`~agents.sft.SFTConfig`: its defaults, ``sft_config``, ``sft_epochs`` and ``bf16``."""
+        from agents.sft import SFTConfig
+
+        return SFTConfig(**{**self.sft_config, "epochs": self.sft_epochs, "bf16": self.bf16})
 
     def describe(self) -> str:
         length = "the env's answer length" if self.max_new_tokens is None else f"{self.max_new_tokens} new tokens"
@@ -110,19 +119,23 @@ def _env_kwargs(budget: RecipeBudget, model: str | None) -> dict[str, Any]:
 
 def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: str | None, device: str,
                progress: bool = False) -> Path:  # fmt: skip
-    """The ``sft`` stage of ``seed`` (trained once, then reused): its final checkpoint."""
+    """The ``sft`` stage of ``seed`` (trained once, then reused): its final checkpoint.  A stored warm start made
+    with other settings is deleted and trained again."""
     from agents.common.checkpoints import list_checkpoints
-    from agents.sft import SFTConfig, sft_meta, train_sft
+    from agents.sft import sft_meta, train_sft
     from textgym.models import default_model
 
     run_dir = out / "runs" / env_id.replace("/", "_") / f"sft-seed{seed}"
+    config = budget.sft_settings()
     done = list_checkpoints(run_dir)
     meta = sft_meta(done[-1]) if done else None
-    same = meta is not None and meta["epochs"] == budget.sft_epochs and meta["env_kwargs"] == _env_kwargs(budget, None)
-    if same and meta["config"]["bf16"] == budget.bf16 and meta["base_model"] == str(model or default_model()):
-        return done[-1]  # trained by an earlier run with this budget
-    summary = train_sft(env_id, model=model, out=run_dir, config=SFTConfig(epochs=budget.sft_epochs, bf16=budget.bf16),
-                        seed=seed, device=device, env_kwargs=_env_kwargs(budget, None), progress=progress)  # fmt: skip
+    wanted = {"config": dataclasses.asdict(config), "env_kwargs": _env_kwargs(budget, None),
+              "base_model": str(model or default_model()), "epochs": config.epochs}  # fmt: skip
+    if meta is not None and all(meta.get(k) == v for k, v in wanted.items()):
+        return done[-1]  # trained by an earlier run with these settings
+    shutil.rmtree(run_dir, ignore_errors=True)  # another budget's warm start: its checkpoints and records go
+    summary = train_sft(env_id, model=model, out=run_dir, config=config, seed=seed, device=device,
+                        env_kwargs=_env_kwargs(budget, None), progress=progress)  # fmt: skip
     return Path(summary["checkpoint"])
 
 
@@ -134,9 +147,19 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
 
     from agents import algorithm
     from agents.common.checkpoints import list_checkpoints
+    from agents.sft import sft_meta
 
     cls = algorithm(algo)
     config = cls.config_class.build({**RL_DEFAULTS, "bf16": budget.bf16, **budget.rl_config})
+    # what the run depends on, but its length: a run stored with these continues (more updates), any other restarts
+    origin = {"start": start, "start_meta": sft_meta(start) if start else None, "seed": seed,
+              "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "updates"}}  # fmt: skip
+    origin = json.loads(json.dumps(origin, default=str))
+    origin_file = run_dir / "origin.json"
+    if run_dir.exists() and (not origin_file.is_file() or json.loads(origin_file.read_text()) != origin):
+        shutil.rmtree(run_dir)  # trained from another start or with other settings
+    run_dir.mkdir(parents=True, exist_ok=True)
+    origin_file.write_text(json.dumps(origin, indent=1))
     done = list_checkpoints(run_dir)
     if done:
         agent = cls.load(str(run_dir), device=device)
@@ -212,9 +235,9 @@ def not_applicable(env_id: str, recipe: str, model: str | None) -> str | None:
     return None
 
 
-#: The budget fields each kind of recipe depends on: a cell scored under another value of the others is reused.
-_STAGE_FIELDS = {"zero-shot": ("max_new_tokens", "env_kwargs"),
-                 "sft": ("max_new_tokens", "env_kwargs", "sft_epochs", "bf16")}  # fmt: skip
+#: The budget fields each kind of recipe depends on: a cell scored under another value of the others is reused
+#: (a recipe with a warm start also depends on the warm start's whole config, ``settings["sft"]``).
+_STAGE_FIELDS = {"zero-shot": ("max_new_tokens", "env_kwargs"), "sft": ("max_new_tokens", "env_kwargs")}
 
 
 def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], recipe: str) -> bool:
@@ -222,12 +245,14 @@ def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], 
     number of test episodes and the budget fields the recipe uses (``zero-shot`` ignores the training budget;
     ``sft`` ignores the RL one, so more ``--updates`` retrain only the RL recipes).
 
-    >>> a = {"model": None, "episodes": None, "budget": dataclasses.asdict(RecipeBudget(updates=12))}
+    >>> a = {"model": None, "episodes": None, "budget": dataclasses.asdict(RecipeBudget(updates=12)), "sft": {}}
     >>> b = {**a, "budget": dataclasses.asdict(RecipeBudget(updates=24))}
     >>> same_cell_settings(a, b, "sft"), same_cell_settings(a, b, "sft+ppo")
     (True, False)
     """
     if not stored or any(stored.get(k) != settings[k] for k in ("model", "episodes")):
+        return False
+    if recipe.split("+")[0] == "sft" and stored.get("sft") != settings["sft"]:
         return False
     fields = _STAGE_FIELDS.get(recipe)
     if fields is None:  # an RL stage depends on the whole budget
@@ -260,7 +285,8 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
         raise ConfigError(f"seeds must be distinct integers, got {seeds}")
     out = Path(out).resolve()  # RL runs store their start model by path: absolute, so they resume from any cwd
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model}
+    settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model,
+                "sft": dataclasses.asdict(budget.sft_settings())}  # the warm start's whole config, defaults included
     # zero-shot is greedy and untrained, the same for every seed: one cell (seed 0) whatever the seeds
     jobs = [(e, r, s) for e in env_ids for r in names for s in ([0] if r == "zero-shot" else seeds)]
     cells = []

@@ -178,6 +178,16 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     rows = {r["recipe"]: r for r in other["table"]}  # zero-shot is seed-free: the stored cell serves other seeds
     assert rows["zero-shot"]["mean"] == {r["recipe"]: r for r in results["table"]}["zero-shot"]["mean"]
     assert rows["sft"]["not_run"]
+    # another warm-start config: the warm start is trained again and the RL run restarts from it (never resumed
+    # from a run that started from the old weights)
+    lower = dataclasses.replace(budget, sft_config={"learning_rate": 1e-5})  # and 1 update, where a 2-update run is stored
+    redone = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **{**kwargs, "out": tmp_path / "lb", "budget": lower})
+    cells = {c["recipe"]: c for c in redone["cells"]}
+    assert not any(c["error"] for c in cells.values()) and cells["sft"]["settings"]["sft"]["learning_rate"] == 1e-5
+    assert sft_meta(cells["sft"]["stages"]["sft"]["checkpoint"])["config"]["learning_rate"] == 1e-5
+    ppo_run = tmp_path / "lb" / "runs" / "textgym_Copy-v0" / "sft+ppo-seed0"
+    history = [float(line.split(",")[0]) for line in (ppo_run / "progress.csv").read_text().splitlines()[1:]]
+    assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1 and len(history) == 1  # a fresh run, not the stored one
 
 
 def test_the_budget_resolves_auto_to_the_dtype_this_machine_trains_in(monkeypatch) -> None:
