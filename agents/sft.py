@@ -68,7 +68,7 @@ class SFTConfig:
     """
 
     epochs: int = 2
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     batch_size: int = 8
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
