@@ -151,9 +151,10 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
 
     cls = algorithm(algo)
     config = cls.config_class.build({**RL_DEFAULTS, "bf16": budget.bf16, **budget.rl_config})
-    # what the run depends on, but its length: a run stored with these continues (more updates), any other restarts
-    origin = {"start": start, "start_meta": sft_meta(start) if start else None, "seed": seed,
-              "budget": {k: v for k, v in dataclasses.asdict(budget).items() if k != "updates"}}  # fmt: skip
+    # what the run depends on but its length (a warm start by its sft.json): a run stored with these continues
+    # (more updates), any other is deleted and trained again
+    rl_fields = {k: v for k, v in dataclasses.asdict(budget).items() if k not in ("updates", "sft_epochs", "sft_config")}
+    origin = {"start": start, "start_meta": sft_meta(start) if start else None, "seed": seed, "budget": rl_fields}
     origin = json.loads(json.dumps(origin, default=str))
     origin_file = run_dir / "origin.json"
     if run_dir.exists() and (not origin_file.is_file() or json.loads(origin_file.read_text()) != origin):
