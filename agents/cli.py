@@ -293,17 +293,19 @@ def _train(args: argparse.Namespace) -> int:
         if agent.env.spec is None or agent.env.spec.id != args.id:
             raise ConfigError(f"--resume {args.resume!r} is a run of {getattr(agent.env.spec, 'id', None)!r}, not {args.id!r}")
         timesteps = args.timesteps if args.timesteps is not None else agent.total_timesteps  # the run's own target
-        print(f"resuming {args.resume}: {agent.n_updates} updates, {agent.num_timesteps} tokens done of {timesteps}")
+        by_update = args.timesteps is None and agent.total_updates is not None  # a run budgeted in updates
+        target = f"{agent.total_updates} updates" if by_update else f"{timesteps} tokens"
+        print(f"resuming {args.resume}: {agent.n_updates} updates, {agent.num_timesteps} tokens done of {target}")
     else:
         if list_checkpoints(out):
             raise ConfigError(f"{str(out)!r} already holds checkpoints of a run; continue it with --resume {out} "
                               "or choose another --out")  # fmt: skip
         run = run_settings(args)
         env = gym.make_vec(args.id, num_envs=run["num_envs"], **run["env"])
-        timesteps = run["timesteps"]
+        timesteps, by_update = run["timesteps"], False
         agent = algorithm(run["algo"])("auto", env, model=run["model"], seed=run["seed"], verbose=run["verbose"],
                                        config=run["config"], device=device)  # fmt: skip
-    remaining = timesteps - agent.num_timesteps
+    remaining = agent.total_updates - agent.n_updates if by_update else timesteps - agent.num_timesteps
     if remaining > 0:
         evaluation = None
         if args.eval_every is not None:
@@ -312,7 +314,8 @@ def _train(args: argparse.Namespace) -> int:
             evaluation = TextEvalCallback(eval_every=args.eval_every, best_model_save_path=out / "best",
                                           n_eval_episodes=args.eval_episodes or DEFAULT_EVAL_EPISODES,
                                           verbose=agent.verbose)  # fmt: skip
-        agent.learn(total_timesteps=remaining, reset_num_timesteps=False, save_dir=out, save_every=args.save_every,
+        budget = {"updates": remaining} if by_update else {"total_timesteps": remaining}
+        agent.learn(**budget, reset_num_timesteps=False, save_dir=out, save_every=args.save_every,
                     keep_checkpoints=args.keep, callback=evaluation, progress_bar=True, report_to=args.report_to)  # fmt: skip
     else:
         agent.save_checkpoint(out, args.keep)

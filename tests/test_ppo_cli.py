@@ -278,3 +278,19 @@ def test_eval_needs_a_checkpoint_or_a_model(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "textgym/Copy-v0"])
     assert exit_.value.code == 2 and "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_budgeted_in_updates_continues_to_its_update_target(tmp_path: Path, capsys) -> None:
+    """A run trained with learn(updates=N) (the leaderboard's RL stage) and stopped early resumes from the command
+    line toward its N updates, not toward a token target it never had."""
+    import gymnasium as gym
+
+    from agents import TextPPO, load_agent
+
+    env = gym.make_vec("textgym/Copy-v0", num_envs=4, model="tiny-random")
+    agent = TextPPO("LMPolicy", env, model="tiny-random", seed=0, n_epochs=1, n_rollouts=1, verbose=0)
+    agent.learn(updates=3, callback=lambda local, glob: agent.n_updates < 1, save_dir=tmp_path / "run")  # stopped at 1
+    assert load_agent(str(tmp_path / "run")).n_updates == 1
+    assert main(["train", "textgym/Copy-v0", "--resume", str(tmp_path / "run"), "--verbose", "0"]) == 0
+    assert "resuming" in (out := capsys.readouterr().out) and "done of 3 updates" in out
+    assert load_agent(str(tmp_path / "run")).n_updates == 3
