@@ -130,7 +130,7 @@ def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: s
     done = list_checkpoints(run_dir)
     meta = sft_meta(done[-1]) if done else None
     wanted = {"config": dataclasses.asdict(config), "env_kwargs": _env_kwargs(budget, None),
-              "base_model": str(model or default_model()), "epochs": config.epochs}  # fmt: skip
+              "base_model": str(model or default_model()), "epochs": config.epochs}  # fmt: skip  # epochs done: complete
     if meta is not None and all(meta.get(k) == v for k, v in wanted.items()):
         return done[-1]  # trained by an earlier run with these settings
     shutil.rmtree(run_dir, ignore_errors=True)  # another budget's warm start: its checkpoints and records go
