@@ -332,7 +332,7 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: P
 # -- textgym bench -----------------------------------------------------------------------------------------
 def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> None:
     """``textgym bench``'s arguments (``positive_int``: the CLI's argparse type for counts)."""
-    from agents.sft import bf16_flag
+    from agents.sft import bf16_flag, json_object
 
     bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
     bench.add_argument("--agents", default="random,zero-shot",
@@ -358,6 +358,9 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes.add_argument("--table-only", action="store_true",
                          help="write the table from the cells already in --out, train nothing (the others: not run)")
     recipes.add_argument("--bf16", type=bf16_flag, default="auto", help="bf16 autocast: auto, true or false (default: auto)")
+    recipes.add_argument("--rl-config", type=json_object, default={},
+                         help="every RL stage's config fields over agents.recipes.RL_DEFAULTS, as JSON, e.g. "
+                         "'{\"temperature\": 0.3}' (default: none)")  # fmt: skip
 
 
 def bench_main(args: argparse.Namespace) -> int:

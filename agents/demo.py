@@ -27,7 +27,7 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from agents.sft import bf16_flag
+    from agents.sft import bf16_flag, json_object
 
     p = argparse.ArgumentParser(prog="python -m agents.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_output", help="output directory (re-run to resume)")
@@ -40,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the env's)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="the first N test samples are scored (default: the whole test split)")  # fmt: skip
-    p.add_argument("--env-kwargs", type=json.loads, default={},
+    p.add_argument("--env-kwargs", type=json_object, default={},
                    help='extra env keyword arguments as JSON, e.g. \'{"aspect": "approach"}\'')  # fmt: skip
-    p.add_argument("--rl-config", type=json.loads, default={},
+    p.add_argument("--rl-config", type=json_object, default={},
                    help="RL config fields over agents.recipes.RL_DEFAULTS, as JSON, e.g. '{\"kl_coef\": 0.05}'")
     p.add_argument("--bf16", type=bf16_flag, default="auto",
                    help="bf16 autocast: auto, true or false (default: auto: on where the CPU has bf16 instructions, "

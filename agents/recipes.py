@@ -102,10 +102,18 @@ class RecipeBudget:
 
         return SFTConfig(**{**self.sft_config, "epochs": self.sft_epochs, "bf16": self.bf16})
 
+    def rl_settings(self, algo: str) -> Any:
+        """The RL stage's config of ``algo``: :data:`RL_DEFAULTS`, ``bf16`` and ``rl_config`` (an unknown field is a
+        :class:`ConfigError` naming the allowed ones)."""
+        from agents import algorithm
+
+        return algorithm(algo).config_class.build({**RL_DEFAULTS, "bf16": self.bf16, **self.rl_config})
+
     def describe(self) -> str:
         length = "the env's answer length" if self.max_new_tokens is None else f"{self.max_new_tokens} new tokens"
+        rl = "".join(f", {k} {v}" for k, v in self.rl_config.items())  # what differs from RL_DEFAULTS, stated
         return (f"warm start: {self.sft_epochs} epochs over the train split; RL: {self.updates} updates x "
-                f"{self.num_envs} episodes; {length}; bf16 {self.bf16}")  # fmt: skip
+                f"{self.num_envs} episodes{rl}; {length}; bf16 {self.bf16}")  # fmt: skip
 
 
 def _env_kwargs(budget: RecipeBudget, model: str | None) -> dict[str, Any]:
@@ -150,7 +158,7 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
     from agents.sft import sft_meta
 
     cls = algorithm(algo)
-    config = cls.config_class.build({**RL_DEFAULTS, "bf16": budget.bf16, **budget.rl_config})
+    config = budget.rl_settings(algo)
     # what the run depends on but its length (a warm start by its sft.json): a run stored with these continues
     # (more updates), any other is deleted and trained again
     rl_fields = {k: v for k, v in dataclasses.asdict(budget).items() if k not in ("updates", "sft_epochs", "sft_config")}
@@ -288,6 +296,9 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
     (out / "cells").mkdir(parents=True, exist_ok=True)
     settings = {"budget": dataclasses.asdict(budget), "episodes": episodes, "model": model,
                 "sft": dataclasses.asdict(budget.sft_settings())}  # the warm start's whole config, defaults included
+    for name in names:  # a bad rl_config field fails now, not after the warm starts have trained
+        if name not in ("zero-shot", "sft"):
+            budget.rl_settings(name.removeprefix("sft+"))
     # zero-shot is greedy and untrained, the same for every seed: one cell (seed 0) whatever the seeds
     jobs = [(e, r, s) for e in env_ids for r in names for s in ([0] if r == "zero-shot" else seeds)]
     cells = []
@@ -451,7 +462,7 @@ def recipes_main(args: Any) -> int:
     parse_recipes(args.recipes)
     device = str(checked_device(args.device))
     budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
-                          max_new_tokens=args.max_new_tokens, bf16=args.bf16)  # fmt: skip
+                          max_new_tokens=args.max_new_tokens, bf16=args.bf16, rl_config=args.rl_config)  # fmt: skip
     results = run_recipes(args.envs, args.recipes, seeds=seeds, budget=budget, episodes=args.episodes, model=args.model,
                           out=args.out, device=device, train=not args.table_only)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())

@@ -339,6 +339,20 @@ def bf16_flag(text: str) -> bool | str:
     return value
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """The argparse type of the JSON-object flags (``--rl-config``, ``--env-kwargs``): a dict, or a clear error."""
+    import argparse
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}; expected an object such as "
+                                         "'{\"temperature\": 0.3}'") from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"temperature\": 0.3}}', got {text!r}")
+    return value
+
+
 def add_sft_arguments(sft: Any, positive_int: Any) -> None:
     """``textgym sft``'s arguments (``positive_int``: the CLI's argparse type for counts)."""
     defaults = SFTConfig()

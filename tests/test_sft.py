@@ -190,6 +190,23 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1 and len(history) == 1  # a fresh run, not the stored one
 
 
+def test_bench_rl_config_sets_every_rl_stage_and_a_bad_one_fails_before_training(tmp_path, capsys) -> None:
+    out = tmp_path / "lb"
+    args = ["bench", "--recipes", "ppo", "--envs", "textgym/Copy-v0", "--model", TINY, "--updates", "1",
+            "--num-envs", "8", "--max-new-tokens", "8", "--episodes", "4", "--out", str(out)]
+    assert main([*args, "--rl-config", '{"temprature": 0.3}']) == 2  # a misspelt field: refused before any training
+    assert "unknown PPOConfig field(s) ['temprature']" in capsys.readouterr().err and not (out / "runs").exists()
+    with pytest.raises(SystemExit):
+        main([*args, "--rl-config", "[0.3]"])
+    assert "expected a JSON object" in capsys.readouterr().err
+    assert main([*args, "--rl-config", '{"temperature": 0.3}']) == 0
+    assert "RL: 1 updates x 8 episodes, temperature 0.3;" in capsys.readouterr().out  # the table states it
+    cell = json.loads((out / "cells" / "textgym_Copy-v0__ppo__seed0.json").read_text())
+    assert cell["settings"]["budget"]["rl_config"] == {"temperature": 0.3} and not cell["error"]
+    saved = json.loads(Path(cell["stages"]["ppo"]["checkpoint"], "textppo.json").read_text())
+    assert saved["config"]["temperature"] == 0.3  # what the algorithm trained with
+
+
 def test_the_budget_resolves_auto_to_the_dtype_this_machine_trains_in(monkeypatch) -> None:
     from agents.common import agent
 
