@@ -361,6 +361,9 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes.add_argument("--rl-config", type=json_object, default={},
                          help="every RL stage's config fields over agents.recipes.RL_DEFAULTS, as JSON, e.g. "
                          "'{\"temperature\": 0.3}' (default: none)")  # fmt: skip
+    recipes.add_argument("--rl-split", default="train",
+                         help="where the RL stages draw prompts: train (the warm start's own pairs) or validation "
+                         "(prompts it never trained on) (default: train)")  # fmt: skip
 
 
 def bench_main(args: argparse.Namespace) -> int:

@@ -77,6 +77,8 @@ class RecipeBudget:
         bf16: bf16 autocast of both stages (``"auto"``: :func:`agents.common.agent.use_bf16`).
         rl_config: algorithm config fields over :data:`RL_DEFAULTS`.
         env_kwargs: more ``gym.make`` keyword arguments of the env, in every stage (e.g. ``{"aspect": "approach"}``).
+        rl_split: the split the RL stage draws its prompts from: ``train`` (the warm start's own pairs) or
+            ``validation`` (prompts the warm start never trained on); never ``test``, which every recipe is scored on.
     """
 
     sft_epochs: int = 2
@@ -87,6 +89,15 @@ class RecipeBudget:
     sft_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     rl_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rl_split: str = "train"
+
+    def __post_init__(self) -> None:
+        from textgym.data.base import check_split
+
+        if check_split(self.rl_split) not in ("train", "validation"):
+            raise ConfigError(f"rl_split must be train or validation, got {self.rl_split!r}: the test split is what "
+                              "every recipe is scored on")  # fmt: skip
+        self.rl_split = check_split(self.rl_split)
 
     def resolved(self, device: str) -> RecipeBudget:
         """This budget with ``bf16`` as the bool it means on ``device`` (``"auto"`` depends on the machine), so a
@@ -112,6 +123,7 @@ class RecipeBudget:
     def describe(self) -> str:
         length = "the env's answer length" if self.max_new_tokens is None else f"{self.max_new_tokens} new tokens"
         rl = "".join(f", {k} {v}" for k, v in self.rl_config.items())  # what differs from RL_DEFAULTS, stated
+        rl += "" if self.rl_split == "train" else f", prompts from the {self.rl_split} split"
         return (f"warm start: {self.sft_epochs} epochs over the train split; RL: {self.updates} updates x "
                 f"{self.num_envs} episodes{rl}; {length}; bf16 {self.bf16}")  # fmt: skip
 
@@ -165,7 +177,10 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
     origin = {"start": start, "start_meta": sft_meta(start) if start else None, "seed": seed, "budget": rl_fields}
     origin = json.loads(json.dumps(origin, default=str))
     origin_file = run_dir / "origin.json"
-    if run_dir.exists() and (not origin_file.is_file() or json.loads(origin_file.read_text()) != origin):
+    stored = json.loads(origin_file.read_text()) if origin_file.is_file() else None
+    if stored is not None:  # fields added since it was stored: at their defaults, as it was trained
+        stored["budget"] = {k: v for k, v in stored_budget(stored.get("budget")).items() if k in rl_fields}
+    if run_dir.exists() and stored != origin:
         shutil.rmtree(run_dir)  # trained from another start or with other settings
     run_dir.mkdir(parents=True, exist_ok=True)
     origin_file.write_text(json.dumps(origin, indent=1))
@@ -173,7 +188,7 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
     if done:
         agent = cls.load(str(run_dir), device=device)
     else:
-        env = gym.make_vec(env_id, num_envs=budget.num_envs, split="train", **_env_kwargs(budget, start))
+        env = gym.make_vec(env_id, num_envs=budget.num_envs, split=budget.rl_split, **_env_kwargs(budget, start))
         agent = cls("auto", env, model=start, seed=seed, verbose=0, config=config, device=device)
     if agent.n_updates < budget.updates:
         agent.learn(updates=budget.updates - agent.n_updates, reset_num_timesteps=False,
@@ -263,10 +278,17 @@ def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], 
         return False
     if recipe.split("+")[0] == "sft" and stored.get("sft") != settings["sft"]:
         return False
+    budget = stored_budget(stored.get("budget"))
     fields = _STAGE_FIELDS.get(recipe)
     if fields is None:  # an RL stage depends on the whole budget
-        return stored.get("budget") == settings["budget"]
-    return all((stored.get("budget") or {}).get(k) == settings["budget"][k] for k in fields)
+        return budget == settings["budget"]
+    return all(budget.get(k) == settings["budget"][k] for k in fields)
+
+
+def stored_budget(budget: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored :class:`RecipeBudget` dict with the fields added since it was stored at their defaults (which is
+    what it was trained with), so that adding a field does not make every stored cell and run stale."""
+    return {**dataclasses.asdict(RecipeBudget()), **(budget or {})}
 
 
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
@@ -462,7 +484,8 @@ def recipes_main(args: Any) -> int:
     parse_recipes(args.recipes)
     device = str(checked_device(args.device))
     budget = RecipeBudget(sft_epochs=args.sft_epochs, updates=args.updates, num_envs=args.num_envs,
-                          max_new_tokens=args.max_new_tokens, bf16=args.bf16, rl_config=args.rl_config)  # fmt: skip
+                          max_new_tokens=args.max_new_tokens, bf16=args.bf16, rl_config=args.rl_config,
+                          rl_split=args.rl_split)  # fmt: skip
     results = run_recipes(args.envs, args.recipes, seeds=seeds, budget=budget, episodes=args.episodes, model=args.model,
                           out=args.out, device=device, train=not args.table_only)  # fmt: skip
     print((Path(args.out) / "results.md").read_text())

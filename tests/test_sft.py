@@ -190,7 +190,7 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     assert cells["sft+ppo"]["stages"]["ppo"]["updates"] == 1 and len(history) == 1  # a fresh run, not the stored one
 
 
-def test_bench_rl_config_sets_every_rl_stage_and_a_bad_one_fails_before_training(tmp_path, capsys) -> None:
+def test_bench_rl_config_and_split_set_every_rl_stage_and_bad_ones_fail_before_training(tmp_path, capsys) -> None:
     out = tmp_path / "lb"
     args = ["bench", "--recipes", "ppo", "--envs", "textgym/Copy-v0", "--model", TINY, "--updates", "1",
             "--num-envs", "8", "--max-new-tokens", "8", "--episodes", "4", "--out", str(out)]
@@ -204,7 +204,23 @@ def test_bench_rl_config_sets_every_rl_stage_and_a_bad_one_fails_before_training
     cell = json.loads((out / "cells" / "textgym_Copy-v0__ppo__seed0.json").read_text())
     assert cell["settings"]["budget"]["rl_config"] == {"temperature": 0.3} and not cell["error"]
     saved = json.loads(Path(cell["stages"]["ppo"]["checkpoint"], "textppo.json").read_text())
-    assert saved["config"]["temperature"] == 0.3  # what the algorithm trained with
+    assert saved["config"]["temperature"] == 0.3 and saved["env"]["kwargs"]["split"] == "train"  # what it trained with
+    # a cell and a run stored before a budget field existed are read with it at its default: reused, not retrained
+    run = out / "runs" / "textgym_Copy-v0" / "ppo-seed0"
+    for path in (out / "cells" / "textgym_Copy-v0__ppo__seed0.json", run / "origin.json"):
+        data = json.loads(path.read_text())
+        del (data["settings"] if "settings" in data else data)["budget"]["rl_split"]
+        path.write_text(json.dumps(data))
+    stamp = {p: p.stat().st_mtime_ns for p in [*(out / "cells").iterdir(), *run.rglob("*.safetensors")]}
+    assert main([*args, "--rl-config", '{"temperature": 0.3}']) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    # --rl-split validation: RL on prompts a warm start never saw (a new run); the test split is refused
+    assert main([*args, "--rl-config", '{"temperature": 0.3}', "--rl-split", "test"]) == 2
+    assert "rl_split must be train or validation, got 'test'" in capsys.readouterr().err
+    assert main([*args, "--rl-config", '{"temperature": 0.3}', "--rl-split", "validation"]) == 0
+    assert "temperature 0.3, prompts from the validation split;" in capsys.readouterr().out
+    saved = json.loads(Path(run, "checkpoint-000001", "textppo.json").read_text())
+    assert saved["env"]["kwargs"]["split"] == "validation"
 
 
 def test_the_budget_resolves_auto_to_the_dtype_this_machine_trains_in(monkeypatch) -> None:
