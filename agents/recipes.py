@@ -94,10 +94,11 @@ class RecipeBudget:
     def __post_init__(self) -> None:
         from textgym.data.base import check_split
 
-        if check_split(self.rl_split) not in ("train", "validation"):
+        split = check_split(self.rl_split)  # "val", "dev": validation
+        if split not in ("train", "validation"):
             raise ConfigError(f"rl_split must be train or validation, got {self.rl_split!r}: the test split is what "
                               "every recipe is scored on")  # fmt: skip
-        self.rl_split = check_split(self.rl_split)
+        self.rl_split = split
 
     def resolved(self, device: str) -> RecipeBudget:
         """This budget with ``bf16`` as the bool it means on ``device`` (``"auto"`` depends on the machine), so a
