@@ -1,4 +1,4 @@
-"""Agents for textgym: on-policy RL for language models (PPO, GRPO, RLOO, NLPO) with SB3's API.
+"""Agents for textgym: on-policy RL for language models (PPO, GRPO, RLOO, NLPO, RAFT) with SB3's API.
 
 ``agents`` depends on ``textgym``; ``textgym`` never imports ``agents`` (its CLI
 finds the agent commands through the ``textgym.commands`` entry point).  The
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agents.grpo import GRPOConfig, TextGRPO
     from agents.nlpo import NLPOConfig, TextNLPO
     from agents.ppo import PPOConfig, TextPPO
+    from agents.raft import RAFTConfig, TextRAFT
     from agents.rloo import RLOOConfig, TextRLOO
 
 # algorithm name -> (module, class, config class); the CLI's --algo choices
@@ -30,12 +31,13 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "grpo": ("agents.grpo", "TextGRPO", "GRPOConfig"),
     "rloo": ("agents.rloo", "TextRLOO", "RLOOConfig"),
     "nlpo": ("agents.nlpo", "TextNLPO", "NLPOConfig"),
+    "raft": ("agents.raft", "TextRAFT", "RAFTConfig"),
 }
 _EXPORTS = {"LMPolicy": "agents.common.policies", "Seq2SeqLMPolicy": "agents.common.policies", "TextEvalCallback": "agents.common.callbacks",
             "CheckpointCallback": "agents.common.callbacks"}
 for _module, _cls, _config in ALGORITHMS.values():
     _EXPORTS[_cls] = _EXPORTS[_config] = _module
-__all__ = ["ALGORITHMS", "CheckpointCallback", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RLOOConfig", "Seq2SeqLMPolicy", "TextGRPO", "TextNLPO", "TextPPO", "TextEvalCallback", "TextRLOO", "algorithm", "load_agent"]
+__all__ = ["ALGORITHMS", "CheckpointCallback", "GRPOConfig", "LMPolicy", "NLPOConfig", "PPOConfig", "RAFTConfig", "RLOOConfig", "Seq2SeqLMPolicy", "TextGRPO", "TextNLPO", "TextPPO", "TextRAFT", "TextEvalCallback", "TextRLOO", "algorithm", "load_agent"]
 
 
 def algorithm(name: str) -> Any:

@@ -349,7 +349,7 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes = bench.add_argument_group("trained-agent leaderboard (--recipes; agents.recipes)")
     recipes.add_argument("--recipes", default=None,
                          help="train each recipe with the same budget, then score it on the test split (instead of "
-                         "--agents): zero-shot, sft, ppo, grpo, rloo, nlpo, sft+ppo, sft+grpo, ... (comma-separated)")  # fmt: skip
+                         "--agents): zero-shot, sft, ppo, grpo, rloo, nlpo, raft, sft+ppo, sft+raft, ... (comma-separated)")  # fmt: skip
     recipes.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     recipes.add_argument("--updates", type=positive_int, default=12, help="RL updates per recipe (default: 12)")
     recipes.add_argument("--num-envs", type=positive_int, default=32, help="episodes per RL update (default: 32)")

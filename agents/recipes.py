@@ -53,7 +53,7 @@ def recipe_algorithms() -> list[str]:
 
 
 def parse_recipes(recipes: str | Sequence[str]) -> list[str]:
-    """Check recipe names: ``zero-shot``, ``sft``, ``ALGO`` or ``sft+ALGO`` (ALGO: ppo, grpo, rloo, nlpo)."""
+    """Check recipe names: ``zero-shot``, ``sft``, ``ALGO`` or ``sft+ALGO`` (ALGO: ppo, grpo, rloo, nlpo, raft)."""
     names = [r.strip() for r in (recipes.split(",") if isinstance(recipes, str) else recipes) if r.strip()]
     allowed = ["zero-shot", "sft", *recipe_algorithms(), *(f"sft+{a}" for a in recipe_algorithms())]
     bad = [r for r in names if r not in allowed]

@@ -148,11 +148,18 @@ def sample_nlpo(space: SearchSpace) -> None:
     space.choice("mask_update_interval", [5, 10, 20, 40])
 
 
+def sample_raft(space: SearchSpace) -> None:
+    """RAFT: the group size (completions per prompt; the best one is kept: a sampled keep_best could equal it)."""
+    sample_on_policy(space)
+    space.choice("group_size", space.group_sizes())
+
+
 SEARCH_SPACES: dict[str, Callable[[SearchSpace], None]] = {
     "ppo": sample_ppo,
     "grpo": sample_grpo,
     "rloo": sample_rloo,
     "nlpo": sample_nlpo,
+    "raft": sample_raft,
 }
 """Algorithm name (as in :data:`agents.ALGORITHMS`) -> the function that samples its fields."""
 

@@ -131,11 +131,12 @@ def test_old_logprobs_come_from_the_training_forward(algo: str) -> None:
     assert float((ratio - 1).abs().max()) < 0.02 and float(ratio.std()) < 0.005
 
 
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algo", sorted(a for a in ALGORITHMS if algorithm(a).trains_on_every_row))
 def test_one_micro_batch_update_reuses_prepares_forward_for_its_first_step(algo: str, monkeypatch) -> None:
     """bf16 recomputes the old log-probs; when one micro-batch takes the whole batch, that forward (kept with its
     graph) is also the first step's: one policy forward less per update, the first ratio exactly 1, and the
-    same weights as an update that runs the forward again."""
+    same weights as an update that runs the forward again.  (RAFT trains on a subset of the rows: it keeps no
+    graph, ``tests/test_raft.py``.)"""
     from agents.common import on_policy
 
     def update(keep: bool) -> tuple[list[torch.Tensor], int, dict]:

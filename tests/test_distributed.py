@@ -204,6 +204,7 @@ ALGO_KWARGS = {  # per algorithm: what its stats and state must agree on across 
     "ppo": ({"kl_target": 0.01}, ("train/approx_kl", "train/clip_fraction", "train/policy_gradient_loss", "train/value_loss")),
     "grpo": ({"group_size": 2}, ("train/loss", "train/kl", "train/ratio")),
     "rloo": ({"group_size": 2}, ("train/loss", "train/ratio")),
+    "raft": ({"group_size": 2}, ("train/loss", "train/nll", "train/kl", "train/kept_fraction")),
     "nlpo": ({"kl_target": 0.01}, ("train/approx_kl", "train/clip_fraction", "train/policy_gradient_loss", "train/value_loss")),
 }
 

@@ -1,4 +1,4 @@
-"""The on-policy engine: what PPO, GRPO, RLOO and NLPO share (SB3's ``OnPolicyAlgorithm``).
+"""The on-policy engine: what PPO, GRPO, RLOO, NLPO and RAFT share (SB3's ``OnPolicyAlgorithm``).
 
 An algorithm subclasses :class:`OnPolicyAlgorithm`, names its config class and
 writes :meth:`~OnPolicyAlgorithm.train`: its advantages, its loss and its epoch
@@ -82,6 +82,9 @@ class OnPolicyAlgorithm(AgentAPI):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[OnPolicyConfig]] = OnPolicyConfig
     uses_values: ClassVar[bool] = False  # the algorithm trains a critic (PPO, NLPO)
+    # the update's first step is a forward of every rollout row in order (False: the algorithm trains on a subset
+    # of them, RAFT's best completions, so prepare keeps no graph for that step)
+    trains_on_every_row: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -334,17 +337,18 @@ class OnPolicyAlgorithm(AgentAPI):
         """One update on a rollout: the algorithm's advantages, loss and epoch loop."""
         raise NotImplementedError
 
-    def updater(self) -> Updater:
-        """The mini-batch optimizer steps of one update (see :mod:`agents.common.update`)."""
+    def updater(self, group_size: int | None = None) -> Updater:
+        """The mini-batch optimizer steps of one update (see :mod:`agents.common.update`); ``group_size``: the
+        consecutive rows of one prompt in the batch it will train on (None: the rollout's, ``config.group_size``)."""
         cfg = self.config
         self.policy.set_training_mode(True)  # until the update ends (dropout is off either way)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         return Updater(self.policy.optimizer, params, self.dist, cfg.batch_size, cfg.micro_batch_size,
-                       cfg.max_grad_norm, cfg.ratio_threshold, cfg.group_size, self.torch_gen)  # fmt: skip
+                       cfg.max_grad_norm, cfg.ratio_threshold, group_size or cfg.group_size, self.torch_gen)  # fmt: skip
 
-    def fit(self, batch: SequenceBatch, n_epochs: int) -> Updater:
+    def fit(self, batch: SequenceBatch, n_epochs: int, group_size: int | None = None) -> Updater:
         """``n_epochs`` over the batch's mini-batches, one :meth:`loss` step each (no early stop)."""
-        updater = self.updater()
+        updater = self.updater(group_size)
         for _epoch in range(n_epochs):
             for minibatch in updater.minibatches(batch):
                 updater.step(minibatch, self.loss)
@@ -383,7 +387,7 @@ class OnPolicyAlgorithm(AgentAPI):
         rollout: one mini-batch (whose rows :meth:`SequenceBatch.minibatches` then leaves in order) of one
         micro-batch, i.e. prepare's single chunk.  Gradient checkpointing is left out: prepare's forward would keep
         every activation."""
-        return len(self._chunks(n)) == 1 and not self.config.gradient_checkpointing
+        return self.trains_on_every_row and len(self._chunks(n)) == 1 and not self.config.gradient_checkpointing
 
     def policy_forward(self, mb: SequenceBatch, with_values: bool = True) -> tuple:
         """``policy.sequence_forward`` of a slice of a mini-batch, with gradients, for an algorithm's loss.
