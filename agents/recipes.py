@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from textgym.errors import ConfigError
 
@@ -292,6 +293,36 @@ def stored_budget(budget: dict[str, Any] | None) -> dict[str, Any]:
     return {**dataclasses.asdict(RecipeBudget()), **(budget or {})}
 
 
+def _stored_cell(path: Path, settings: dict[str, Any], recipe: str) -> dict[str, Any] | None:
+    """The cell stored at ``path`` if it was made with ``settings`` and did not fail."""
+    if not path.is_file():
+        return None
+    cell = json.loads(path.read_text())
+    return cell if same_cell_settings(cell.get("settings"), settings, recipe) and not cell.get("error") else None
+
+
+def _new_cell(path: Path, env_id: str, recipe: str, seed: int, settings: dict[str, Any], budget: RecipeBudget,
+              out: Path, model: str | None, episodes: int | None, device: str, progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Train and score one cell and store it at ``path`` (a skipped one is not stored; a failed one is, with its
+    error, and made again next time)."""
+    cell: dict[str, Any] = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
+    skip = not_applicable(env_id, recipe, model)
+    if skip is not None:
+        return {**cell, "skipped": skip, "error": None}
+    started = time.perf_counter()
+    try:
+        cell.update(run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device, progress))
+        cell["error"] = None
+    except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
+        cell["error"] = f"{type(err).__name__}: {err}"
+        cell["traceback"] = traceback.format_exc(limit=8)
+    cell["seconds"] = round(time.perf_counter() - started, 1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    return cell
+
+
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
                 budget: RecipeBudget | None = None, episodes: int | None = None, model: str | None = None,
                 out: str | Path = "leaderboard", device: str = "auto", progress: bool = True,
@@ -327,35 +358,18 @@ def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seed
     cells = []
     bar = tqdm(total=len(jobs), desc="leaderboard (env x recipe x seed)", disable=not progress)
     for env_id, recipe, seed in jobs:
-        path = out / "cells" / f"{env_id.replace('/', '_')}__{recipe}__seed{seed}.json"
-        if path.is_file():
-            cell = json.loads(path.read_text())
-            if same_cell_settings(cell.get("settings"), settings, recipe) and not cell.get("error"):
-                cells.append(cell)
-                bar.update(1)
-                continue
-        if not train:
-            bar.update(1)
-            continue
-        bar.set_postfix_str(f"{env_id} / {recipe} / seed {seed}")
-        started = time.perf_counter()
-        cell = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
-        skip = not_applicable(env_id, recipe, model)
-        if skip is not None:
-            cells.append({**cell, "skipped": skip, "error": None})
-            bar.update(1)
-            continue
-        try:
-            cell.update(run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device, progress))
-            cell["error"] = None
-        except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
-            cell["error"] = f"{type(err).__name__}: {err}"
-            cell["traceback"] = traceback.format_exc(limit=8)
-        cell["seconds"] = round(time.perf_counter() - started, 1)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell, indent=1, ensure_ascii=False))
-        tmp.replace(path)
-        cells.append(cell)
+        name = f"{env_id.replace('/', '_')}__{recipe}__seed{seed}"
+        path = out / "cells" / f"{name}.json"
+        cell = _stored_cell(path, settings, recipe)
+        if cell is None and train:
+            bar.set_postfix_str(f"{env_id} / {recipe} / seed {seed}")
+            # one process makes a cell; another bench on this --out (other seeds, say) waits for it, then reads it
+            (out / ".locks").mkdir(exist_ok=True)
+            with FileLock(out / ".locks" / f"{name}.lock"):
+                cell = _stored_cell(path, settings, recipe) or _new_cell(path, env_id, recipe, seed, settings, budget,
+                                                                         out, model, episodes, device, progress)  # fmt: skip
+        if cell is not None:
+            cells.append(cell)
         bar.update(1)
     bar.close()
     results = {"settings": {"envs": env_ids, "recipes": names, "seeds": seeds, **settings, "budget_text": budget.describe()},

@@ -263,3 +263,36 @@ def test_an_rl_stage_stopped_by_a_signal_is_not_scored_as_the_budget(tmp_path, m
     with pytest.raises(KeyboardInterrupt, match="after 0 of 2 updates"):
         rl_stage("textgym/Copy-v0", "ppo", TINY, 0, RecipeBudget(updates=2, num_envs=8), tmp_path / "run", "cpu")
     assert list((tmp_path / "run").glob("checkpoint-*"))  # saved: the same command resumes it
+
+
+def test_bench_processes_sharing_an_out_make_each_cell_once(tmp_path, monkeypatch) -> None:
+    """Two leaderboards on one --out (one per seed, side by side; threads here, processes alike: it is a file
+    lock) take turns on the cells they share: the zero-shot cell is scored by one and read by the other, and each
+    seed's cell is made once."""
+    import threading
+    import time
+
+    from agents import recipes
+
+    made: list[tuple[str, int]] = []
+
+    def slow_cell(env_id, recipe, seed, *args, **kwargs):
+        made.append((recipe, seed))
+        time.sleep(0.5)  # long enough for the other leaderboard to reach the same cell
+        return {"main_metric": "copy_accuracy", "n": 2, "metrics": {}, "tokens_mean": 3.0,
+                "naturalness": {"logratio": 0.0, "perplexity": 1.0},
+                "records": [{"metrics": {"copy_accuracy": float(seed)}}, {"metrics": {"copy_accuracy": 0.5}}]}  # fmt: skip
+
+    failures: list[BaseException] = []
+    monkeypatch.setattr(recipes, "run_recipe_cell", slow_cell)
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    from transformers import AutoTokenizer  # noqa: F401  # transformers' lazy imports are not thread-safe
+    kwargs = {"budget": RecipeBudget(updates=1), "out": tmp_path / "lb", "progress": False, "model": "tiny-random"}
+    runs = [threading.Thread(target=recipes.run_recipes, args=("textgym/Copy-v0", "sft"), kwargs={**kwargs, "seeds": [s]})
+            for s in (0, 1)]  # fmt: skip
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert not failures, failures
+    assert sorted(made) == [("sft", 0), ("sft", 1), ("zero-shot", 0)]
