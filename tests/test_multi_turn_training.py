@@ -180,7 +180,7 @@ def test_every_algorithm_learns_the_multi_turn_sanity_task(algo: str) -> None:
     """GuessNumber-v0 (2 guesses) with tiny-random: the mean return of the last 5 of 16 updates beats the first 5.
 
     Measured (seeds 0 / 1, this config): ppo +0.071 / +0.103, grpo +0.052 / +0.040, rloo +0.069 / -0.002,
-    nlpo +0.069 / +0.047; the test runs seed 0 with a floor of +0.03.
+    nlpo +0.069 / +0.047, raft +0.041 / +0.008; the test runs seed 0 with a floor of +0.03.
     """
     env = gym.make_vec("textgym/GuessNumber-v0", num_envs=32, model=TINY, turns=2)
     group = {} if algo == "ppo" else {"group_size": 4}
