@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -166,6 +167,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def store_cell(cell: dict[str, Any], path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``cell`` with what ``compute()`` returns (or, when it raises, the error and its traceback: one failing cell
+    must not stop the others) and the seconds it took, written to ``path`` atomically; a failed cell is made
+    again on the next run.  Shared by the agent benchmark and the recipe leaderboard."""
+    started = time.perf_counter()
+    try:
+        cell.update(compute())
+        cell["error"] = None
+    except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
+        cell["error"] = f"{type(err).__name__}: {err}"
+        cell["traceback"] = traceback.format_exc(limit=8)
+    cell["seconds"] = round(time.perf_counter() - started, 3)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    return cell
+
+
 def run_benchmark(
     envs: str | Sequence[str],
     agents: Sequence[AgentSpec],
@@ -193,6 +212,19 @@ def run_benchmark(
     (out / "cells").mkdir(parents=True, exist_ok=True)
     loaded: dict[str, Any] = {}
     cells = []
+
+    def scored(env_id: str, spec: str, name: str) -> dict[str, Any]:
+        """One (env, agent) cell's scores, the agent loaded once for every env."""
+        if name not in loaded:
+            loaded[name] = make_agent(spec, model, seed, device)
+            if progress and getattr(loaded[name], "description", None):
+                bar.write(f"loaded {loaded[name].description}")
+        reseed = getattr(loaded[name], "set_random_seed", None)
+        if callable(reseed):
+            reseed(seed)
+        with tqdm(total=episodes, desc="episodes", leave=False, disable=not progress, position=1) as inner:
+            return run_cell(env_id, loaded[name], episodes=episodes, split=split, seed=seed, model=model, on_episode=inner.update)
+
     pairs = [(e, a) for a in agents for e in env_ids]
     bar = tqdm(total=len(pairs), desc="bench (env x agent)", disable=not progress, position=0)
     for env_id, spec in pairs:
@@ -206,27 +238,8 @@ def run_benchmark(
                 bar.update(1)
                 continue
         bar.set_postfix_str(f"{env_id} / {name}")
-        start = time.perf_counter()
-        cell: dict[str, Any] = {"env": env_id, "agent": name, "settings": settings}
-        try:
-            if name not in loaded:
-                loaded[name] = make_agent(spec, model, seed, device)
-                if progress and getattr(loaded[name], "description", None):
-                    bar.write(f"loaded {loaded[name].description}")
-            reseed = getattr(loaded[name], "set_random_seed", None)
-            if callable(reseed):
-                reseed(seed)
-            with tqdm(total=episodes, desc="episodes", leave=False, disable=not progress, position=1) as inner:
-                cell.update(run_cell(env_id, loaded[name], episodes=episodes, split=split, seed=seed, model=model, on_episode=inner.update))
-            cell["error"] = None
-        except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
-            cell["error"] = f"{type(err).__name__}: {err}"
-            cell["traceback"] = traceback.format_exc(limit=5)
-        cell["seconds"] = round(time.perf_counter() - start, 3)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell, indent=1))
-        tmp.replace(path)
-        cells.append(cell)
+        cells.append(store_cell({"env": env_id, "agent": name, "settings": settings}, path,
+                                functools.partial(scored, env_id, spec, name)))  # fmt: skip
         bar.update(1)
     bar.close()
     results = {

@@ -28,7 +28,6 @@ import json
 import math
 import shutil
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -305,22 +304,14 @@ def _new_cell(path: Path, env_id: str, recipe: str, seed: int, settings: dict[st
               out: Path, model: str | None, episodes: int | None, device: str, progress: bool) -> dict[str, Any]:  # fmt: skip
     """Train and score one cell and store it at ``path`` (a skipped one is not stored; a failed one is, with its
     error, and made again next time)."""
+    from agents.benchmark import store_cell
+
     cell: dict[str, Any] = {"env": env_id, "recipe": recipe, "seed": seed, "settings": settings}
     skip = not_applicable(env_id, recipe, model)
     if skip is not None:
         return {**cell, "skipped": skip, "error": None}
-    started = time.perf_counter()
-    try:
-        cell.update(run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device, progress))
-        cell["error"] = None
-    except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
-        cell["error"] = f"{type(err).__name__}: {err}"
-        cell["traceback"] = traceback.format_exc(limit=8)
-    cell["seconds"] = round(time.perf_counter() - started, 1)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=1, ensure_ascii=False))
-    tmp.replace(path)
-    return cell
+    return store_cell(cell, path, lambda: run_recipe_cell(env_id, recipe, seed, budget, out, model, episodes, device,
+                                                          progress))  # fmt: skip
 
 
 def run_recipes(envs: str | Sequence[str], recipes: str | Sequence[str], *, seeds: Sequence[int] = (0,),
