@@ -345,11 +345,13 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float], str]], path: P
 # -- textgym bench -----------------------------------------------------------------------------------------
 def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> None:
     """``textgym bench``'s arguments (``positive_int``: the CLI's argparse type for counts)."""
+    from agents import ALGORITHMS
     from agents.sft import bf16_flag, json_object
 
+    algos = ", ".join(ALGORITHMS)
     bench.add_argument("--envs", default="all", help="all, or comma-separated ids (default: all)")
     bench.add_argument("--agents", default="random,zero-shot",
-                       help="comma-separated: random, zero-shot, ALGO:DIR (ppo:, grpo:, rloo:, nlpo:; the checkpoint "
+                       help=f"comma-separated: random, zero-shot, ALGO:DIR (ALGO: {algos}; the checkpoint "
                        "must be that algorithm's) or checkpoint:DIR (any algorithm or a Hugging Face model dir); DIR: "
                        "a run directory (its newest valid checkpoint-*) or one checkpoint (default: random,zero-shot)")  # fmt: skip
     bench.add_argument("--episodes", type=positive_int, default=None,
@@ -362,7 +364,7 @@ def add_bench_arguments(bench: argparse.ArgumentParser, positive_int: Any) -> No
     recipes = bench.add_argument_group("trained-agent leaderboard (--recipes; agents.recipes)")
     recipes.add_argument("--recipes", default=None,
                          help="train each recipe with the same budget, then score it on the test split (instead of "
-                         "--agents): zero-shot, sft, ppo, grpo, rloo, nlpo, raft, sft+ppo, sft+raft, ... (comma-separated)")  # fmt: skip
+                         f"--agents): zero-shot, sft, {algos}, sft+ppo, sft+raft, ... (comma-separated)")  # fmt: skip
     recipes.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     recipes.add_argument("--updates", type=positive_int, default=12, help="RL updates per recipe (default: 12)")
     recipes.add_argument("--num-envs", type=positive_int, default=32, help="episodes per RL update (default: 32)")

@@ -113,6 +113,20 @@ def test_every_subcommand_help_shows_defaults(command: str, capsys) -> None:
     assert "(default: " in " ".join(help_text([command, "--help"], capsys).split())
 
 
+def test_bench_help_names_every_algorithm(capsys, wide_help) -> None:
+    """The checkpoint kinds of ``--agents`` and the RL recipes of ``--recipes`` are the registered algorithms."""
+    entries = {}
+    for line in help_text(["bench", "--help"], capsys).splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0]
+            entries[flag] = line
+        elif line.startswith("   ") and entries:
+            entries[flag] += line
+    for flag in ("--agents", "--recipes"):
+        entry = " ".join(entries[flag].split())
+        assert all(f" {name}," in entry or f" {name};" in entry for name in ALGORITHMS), entry
+
+
 def test_flags_parse_into_the_config() -> None:
     args = parse(["train", "textgym/Copy-v0", "--learning-rate", "3e-4", "--no-reward-scaling", "--kl-estimator", "k3",
                   "--clip-range-vf", "none", "--n-epochs", "2", "--lora"])  # fmt: skip
