@@ -44,6 +44,10 @@ def test_config_refuses_keeping_every_completion_or_groups_of_one() -> None:
     with pytest.raises(ConfigError, match=r"group_size must be >= 2, got 1"):
         RAFTConfig(group_size=1)
     assert RAFTConfig().group_size == 4 and RAFTConfig().keep_best == 1
+    # a threshold on the reward may be negative (rewards with penalties are), but must be a number
+    assert RAFTConfig(min_reward=-0.5).min_reward == -0.5
+    with pytest.raises(ConfigError, match=r"min_reward=nan is not allowed; expected float \| None"):
+        RAFTConfig(min_reward=float("nan"))
 
 
 def _agent(**kwargs) -> TextRAFT:

@@ -160,6 +160,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low inclus
 }
 POSITIVE = {"learning_rate", "max_grad_norm", "ratio_threshold", "temperature", "clip_range", "clip_range_vf",
             "target_kl", "kl_target", "epsilon_low", "epsilon_high"}  # fmt: skip
+SIGNED = {"min_reward"}  # thresholds on a reward, which may be negative: any finite value
 
 
 def annotation_kinds(annotation: Any) -> tuple[list[type], list[Any], bool]:
@@ -226,7 +227,7 @@ def check_field(cls: type, name: str, value: Any) -> None:
                 raise ConfigError(f"{name} must be in {'[' if inclusive else '('}{low}, {high}], got {value!r}")
         elif name in POSITIVE and not value > 0:
             raise ConfigError(f"{name} must be > 0, got {value!r}")
-        elif value < 0:
+        elif value < 0 and name not in SIGNED:
             raise ConfigError(f"{name} must be >= 0, got {value!r}")
 
 
