@@ -143,16 +143,16 @@ def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: s
     """The ``sft`` stage of ``seed`` (trained once, then reused): its final checkpoint.  A stored warm start made
     with other settings is deleted and trained again."""
     from agents.common.checkpoints import list_checkpoints
-    from agents.sft import sft_meta, train_sft
+    from agents.sft import comparable_config, sft_meta, train_sft
     from textgym.models import default_model
 
     run_dir = out / "runs" / env_id.replace("/", "_") / f"sft-seed{seed}"
     config = budget.sft_settings()
     done = list_checkpoints(run_dir)
     meta = sft_meta(done[-1]) if done else None
-    wanted = {"config": dataclasses.asdict(config), "env_kwargs": _env_kwargs(budget, None),
+    wanted = {"config": comparable_config(dataclasses.asdict(config)), "env_kwargs": _env_kwargs(budget, None),
               "base_model": str(model or default_model()), "epochs": config.epochs}  # fmt: skip  # epochs done: complete
-    if meta is not None and all(meta.get(k) == v for k, v in wanted.items()):
+    if meta is not None and all((comparable_config(meta.get(k)) if k == "config" else meta.get(k)) == v for k, v in wanted.items()):
         return done[-1]  # trained by an earlier run with these settings
     shutil.rmtree(run_dir, ignore_errors=True)  # another budget's warm start: its checkpoints and records go
     summary = train_sft(env_id, model=model, out=run_dir, config=config, seed=seed, device=device,
@@ -174,7 +174,7 @@ def rl_stage(env_id: str, algo: str, start: str | None, seed: int, budget: Recip
     config = budget.rl_settings(algo)
     # what the run depends on but its length (a warm start by its sft.json): a run stored with these continues
     # (more updates), any other is deleted and trained again
-    rl_fields = {k: v for k, v in dataclasses.asdict(budget).items() if k not in ("updates", "sft_epochs", "sft_config")}
+    rl_fields = {k: v for k, v in dataclasses.asdict(budget).items() if k != "updates" and k not in _WARM_START_FIELDS}
     origin = {"start": start, "start_meta": sft_meta(start) if start else None, "seed": seed, "budget": rl_fields}
     origin = json.loads(json.dumps(origin, default=str))
     origin_file = run_dir / "origin.json"
@@ -263,26 +263,30 @@ def not_applicable(env_id: str, recipe: str, model: str | None) -> str | None:
 #: The budget fields each kind of recipe depends on: a cell scored under another value of the others is reused
 #: (a recipe with a warm start also depends on the warm start's whole config, ``settings["sft"]``).
 _STAGE_FIELDS = {"zero-shot": ("max_new_tokens", "env_kwargs"), "sft": ("max_new_tokens", "env_kwargs")}
+#: The budget fields of the warm start alone: an RL recipe's cell compares the warm start by its whole resolved
+#: config (``settings["sft"]``) instead, and an RL recipe without one does not depend on them.
+_WARM_START_FIELDS = ("sft_epochs", "sft_config")
 
 
 def same_cell_settings(stored: dict[str, Any] | None, settings: dict[str, Any], recipe: str) -> bool:
     """Whether a stored cell of ``recipe`` was made with what ``settings`` would make it with: the model, the
     number of test episodes and the budget fields the recipe uses (``zero-shot`` ignores the training budget;
-    ``sft`` ignores the RL one, so more ``--updates`` retrain only the RL recipes).
+    ``sft`` ignores the RL one, so more ``--updates`` retrain only the RL recipes); a warm start is compared by
+    its :func:`~agents.sft.comparable_config`.
 
     >>> a = {"model": None, "episodes": None, "budget": dataclasses.asdict(RecipeBudget(updates=12)), "sft": {}}
     >>> b = {**a, "budget": dataclasses.asdict(RecipeBudget(updates=24))}
     >>> same_cell_settings(a, b, "sft"), same_cell_settings(a, b, "sft+ppo")
     (True, False)
     """
+    from agents.sft import comparable_config
+
     if not stored or any(stored.get(k) != settings[k] for k in ("model", "episodes")):
         return False
-    if recipe.split("+")[0] == "sft" and stored.get("sft") != settings["sft"]:
+    if recipe.split("+")[0] == "sft" and comparable_config(stored.get("sft")) != comparable_config(settings["sft"]):
         return False
     budget = stored_budget(stored.get("budget"))
-    fields = _STAGE_FIELDS.get(recipe)
-    if fields is None:  # an RL stage depends on the whole budget
-        return budget == settings["budget"]
+    fields = _STAGE_FIELDS.get(recipe) or [k for k in settings["budget"] if k not in _WARM_START_FIELDS]  # an RL stage
     return all(budget.get(k) == settings["budget"][k] for k in fields)
 
 

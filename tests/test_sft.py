@@ -18,7 +18,7 @@ import textgym  # noqa: F401
 from agents.common.lm import load_causal_lm
 from agents.recipes import RecipeBudget, parse_recipes, run_recipes, sample_scores
 from agents.sft import SFTConfig, answer_loss, demonstrations, sft_meta, train_sft
-from textgym.cli import main
+from textgym.cli import build_parser, main
 from textgym.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,6 +76,48 @@ def test_the_loss_is_on_answer_tokens_only_and_padding_changes_nothing() -> None
             logits = lm(torch.tensor([prompt + answer])).logits[0]
             hand += float(F.cross_entropy(logits[len(prompt) - 1 : -1], torch.tensor(answer), reduction="sum"))
     assert n == 6 and float(loss) == pytest.approx(hand, rel=1e-5)
+
+
+def test_micro_batches_take_the_same_step_in_smaller_forwards(tmp_path, monkeypatch) -> None:
+    """``micro_batch_tokens`` splits a batch into forwards of at most that many padded tokens, and the gradients
+    add up to the whole batch's: the same weights after training (fp32)."""
+    import agents.sft as sft
+
+    forwards: list[tuple[int, int]] = []  # (rows, padded width) of each training forward
+
+    def recording(lm, rows, pad_id, device):
+        if lm.training:
+            forwards.append((len(rows), max(len(p) + len(a) for p, a in rows)))
+        return answer_loss(lm, rows, pad_id, device)
+
+    monkeypatch.setattr(sft, "answer_loss", recording)
+    base = SFTConfig(epochs=1, learning_rate=3e-3, max_samples=32, validation_samples=8, bf16=False)
+    whole = train_sft("textgym/Copy-v0", model=TINY, out=tmp_path / "whole", progress=False,
+                      config=dataclasses.replace(base, micro_batch_tokens=None))  # fmt: skip
+    assert {rows for rows, _ in forwards} == {8}
+    limit = 3 * max(width for _, width in forwards)
+    forwards.clear()
+    split = train_sft("textgym/Copy-v0", model=TINY, out=tmp_path / "split", progress=False,
+                      config=dataclasses.replace(base, micro_batch_tokens=limit))  # fmt: skip
+    assert all(rows * width <= limit for rows, width in forwards) and len(forwards) >= 3 * whole["steps"], forwards
+    assert split["steps"] == whole["steps"] and split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+    assert split["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-5)
+    a, b = load_causal_lm(whole["checkpoint"]), load_causal_lm(split["checkpoint"])
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(next(a.parameters()), next(load_causal_lm(TINY).parameters()))  # it did train
+    with pytest.raises(ConfigError, match="micro_batch_tokens must be an integer >= 1, got 0"):
+        SFTConfig(micro_batch_tokens=0)
+
+
+def test_sft_micro_batch_tokens_flag(capsys) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["sft", "textgym/Copy-v0"]).micro_batch_tokens == SFTConfig().micro_batch_tokens == 2048
+    assert parser.parse_args(["sft", "textgym/Copy-v0", "--micro-batch-tokens", "none"]).micro_batch_tokens is None
+    assert parser.parse_args(["sft", "textgym/Copy-v0", "--micro-batch-tokens", "512"]).micro_batch_tokens == 512
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sft", "textgym/Copy-v0", "--micro-batch-tokens", "0"])
+    assert "invalid value '0'; expected a positive integer or none" in capsys.readouterr().err
 
 
 def test_bad_settings_are_refused_with_the_reason() -> None:
@@ -156,7 +198,8 @@ def test_the_leaderboard_trains_each_recipe_once_and_resumes(tmp_path, monkeypat
     md = (tmp_path / "lb" / "results.md").read_text()
     assert "| Copy-v0 | sft+ppo |" in md and (tmp_path / "lb" / "leaderboard.png").is_file()
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()}
-    again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **kwargs)  # resumes: nothing is trained again
+    same = dataclasses.replace(budget, sft_config={"micro_batch_tokens": 16})  # how a step is computed, not the step
+    again = run_recipes("textgym/Copy-v0", "sft,sft+ppo", **{**kwargs, "budget": same})  # resumes: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lb" / "cells").iterdir()} == stamp
     assert again["table"] == results["table"]
     monkeypatch.chdir(tmp_path / "lb")  # the runs resume from another working directory
