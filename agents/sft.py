@@ -251,7 +251,8 @@ def train_sft(
     """Fine-tune ``model`` (default: the env's) on ``env_id``'s train-split references; write a run directory.
 
     Returns a summary: ``checkpoint`` (the final model dir), ``steps``, ``epochs``, ``samples``,
-    ``answer_tokens`` (trained per epoch), ``train_loss`` (the last epoch's mean), ``validation_loss`` (per
+    ``answer_tokens`` (trained per epoch), ``tokens`` (prompt and answer tokens run forward per epoch, padding
+    left out), ``train_loss`` (the last epoch's mean), ``validation_loss`` (per
     epoch, measured before training too), ``seconds``.  ``env_kwargs`` go to ``gym.make`` (e.g.
     ``max_new_tokens``).  Checkpoints are saved after every epoch (the ``keep`` newest stay).
     """
@@ -372,7 +373,7 @@ def train_sft(
     bar.close()
     logger.close()
     return {"checkpoint": str(checkpoint), "steps": step, "epochs": config.epochs, "samples": len(rows),
-            "answer_tokens": answer_tokens, "train_loss": epoch_loss, "validation_loss": validation_loss,
+            "answer_tokens": answer_tokens, "tokens": sum(len(p) + len(a) for p, a in rows), "train_loss": epoch_loss, "validation_loss": validation_loss,
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 

@@ -100,6 +100,7 @@ def test_micro_batches_take_the_same_step_in_smaller_forwards(tmp_path, monkeypa
     split = train_sft("textgym/Copy-v0", model=TINY, out=tmp_path / "split", progress=False,
                       config=dataclasses.replace(base, micro_batch_tokens=limit))  # fmt: skip
     assert all(rows * width <= limit for rows, width in forwards) and len(forwards) >= 3 * whole["steps"], forwards
+    assert 0 < split["tokens"] == whole["tokens"] <= sum(rows * width for rows, width in forwards)  # padding left out
     assert split["steps"] == whole["steps"] and split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
     assert split["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-5)
     a, b = load_causal_lm(whole["checkpoint"]), load_causal_lm(split["checkpoint"])
