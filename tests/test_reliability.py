@@ -260,6 +260,19 @@ def test_sigkill_then_resume_loses_and_repeats_no_update(tmp_path: Path, straigh
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
 
 
+def test_the_first_signal_asks_to_stop_naming_the_algorithm_and_the_second_stops_at_once(capsys) -> None:
+    from agents.common.interrupts import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="second SIGTERM: stopping without a checkpoint"):
+        with GracefulStop("TextRAFT") as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and stop.signal == signal.SIGTERM
+            assert "TextRAFT: SIGTERM received; finishing the current update" in capsys.readouterr().err
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+
+
 def test_sigterm_to_textgym_train_exits_0_with_a_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [*TRAIN[:-4], "--timesteps", "100000", "--save-every", "1000", "--verbose", "1", "--out", str(run)]
@@ -274,7 +287,7 @@ def test_sigterm_to_textgym_train_exits_0_with_a_checkpoint(tmp_path: Path) -> N
     proc.send_signal(signal.SIGTERM)
     output = "".join(seen) + proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, output[-3000:]
-    assert "SIGTERM received; finishing the current update" in output
+    assert "TextPPO: SIGTERM received; finishing the current update" in output
     checkpoint = newest_checkpoint(run)  # --save-every 1000 was never reached: this is the signal's save
     agent = TextPPO.load(checkpoint)
     assert agent.n_updates >= 1 and checkpoint.name == f"checkpoint-{agent.n_updates:06d}"

@@ -1,7 +1,7 @@
 """Graceful stops: SIGINT / SIGTERM end training after the current update instead of mid-way.
 
-:class:`GracefulStop` is the context manager :meth:`agents.TextPPO.learn` runs
-its loop in.  The first signal only records a request (the loop finishes the
+:class:`GracefulStop` is the context manager every algorithm's ``learn``
+(:meth:`agents.common.on_policy.OnPolicyAlgorithm.learn`) runs its loop in.  The first signal only records a request (the loop finishes the
 update, saves a checkpoint when it has a run directory, and returns); a second
 signal raises :class:`KeyboardInterrupt` at once, for a user who really means
 it.  Handlers are installed only in the main thread (Python delivers signals
@@ -19,9 +19,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class GracefulStop:
-    """``with GracefulStop() as stop: ... if stop.requested: break``."""
+    """``with GracefulStop("TextPPO") as stop: ... if stop.requested: break`` (the name prefixes its message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "training") -> None:
+        self.name = name
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -47,5 +48,5 @@ class GracefulStop:
             self._restore()
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
         self.signal = signum
-        print(f"TextPPO: {signal.Signals(signum).name} received; finishing the current update, then saving and "
+        print(f"{self.name}: {signal.Signals(signum).name} received; finishing the current update, then saving and "
               "stopping (send it again to stop at once)", file=sys.stderr, flush=True)  # fmt: skip

@@ -234,7 +234,7 @@ class OnPolicyAlgorithm(AgentAPI):
         self.stopped_by_signal = False  # True when SIGINT/SIGTERM ended this call
         try:
             cb.on_training_start(locals(), globals())
-            with GracefulStop() as stop:
+            with GracefulStop(type(self).__name__) as stop:
                 while self.progress_remaining() > 0:
                     started, before = time.perf_counter(), self.num_timesteps
                     cb.on_rollout_start()
