@@ -61,8 +61,9 @@ class SFTConfig:
         micro_batch_tokens: the most padded tokens (rows x longest row) one forward takes: a batch above it is
             run in consecutive micro-batches whose gradients add up to the batch's (the same step, in less
             memory; a row longer than this goes alone). None: every batch in one forward. Memory grows with it:
-            a Summarization-v0 batch of 2,900 tokens peaked at 7 GB, a CodeCompletion-v0 one of 5,200 near 12.
-            It changes how the step is computed, not the step, so stored warm starts are compared without it.
+            32 CodeCompletion-v0 pairs (batches of up to 4,700 tokens) peaked at 8.1 GB in whole batches, 5.6 GB
+            at 2048 (``benchmarks/sft_memory.py``). It changes how a step is computed, not the step, so stored
+            warm starts are compared without it.
         max_grad_norm: gradient clipping.
         weight_decay: AdamW's.
         max_samples: train on this many samples of the shuffled train split (None: all).
