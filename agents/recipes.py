@@ -152,7 +152,8 @@ def warm_start(env_id: str, seed: int, budget: RecipeBudget, out: Path, model: s
     meta = sft_meta(done[-1]) if done else None
     wanted = {"config": comparable_config(dataclasses.asdict(config)), "env_kwargs": _env_kwargs(budget, None),
               "base_model": str(model or default_model()), "epochs": config.epochs}  # fmt: skip  # epochs done: complete
-    if meta is not None and all((comparable_config(meta.get(k)) if k == "config" else meta.get(k)) == v for k, v in wanted.items()):
+    stored = {**meta, "config": comparable_config(meta.get("config"))} if meta is not None else None
+    if stored is not None and all(stored.get(k) == v for k, v in wanted.items()):
         return done[-1]  # trained by an earlier run with these settings
     shutil.rmtree(run_dir, ignore_errors=True)  # another budget's warm start: its checkpoints and records go
     summary = train_sft(env_id, model=model, out=run_dir, config=config, seed=seed, device=device,

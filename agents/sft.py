@@ -330,6 +330,7 @@ def train_sft(
                 "samples": len(rows)}  # fmt: skip
     validation_loss = [mean_loss(validation)] if validation else []
     answer_tokens = sum(len(a) for _, a in rows)
+    lengths = [len(p) + len(a) for p, a in rows]  # tokens of each row, prompt and answer
     started = time.perf_counter()
     step, checkpoint, epoch_loss = 0, None, math.nan
     bar = tqdm(total=total_steps, desc="sft", unit="step", disable=not progress)
@@ -337,11 +338,11 @@ def train_sft(
         lm.train()
         disable_dropout(lm)
         loss_sum, token_sum = 0.0, 0
-        for batch in length_grouped_batches([len(p) + len(a) for p, a in rows], config.batch_size, rng):
+        for batch in length_grouped_batches(lengths, config.batch_size, rng):
             data = [rows[i] for i in batch]
             n = sum(len(a) for _, a in data)  # the batch's answer tokens: each micro-batch's share of the mean
             value = 0.0
-            for part in micro_batches([len(p) + len(a) for p, a in data], config.micro_batch_tokens):
+            for part in micro_batches([lengths[i] for i in batch], config.micro_batch_tokens):
                 with autocast():
                     loss, _ = answer_loss(lm, data[part], setup.pad_id, torch_device)
                 (loss / n).backward()
@@ -374,7 +375,7 @@ def train_sft(
     bar.close()
     logger.close()
     return {"checkpoint": str(checkpoint), "steps": step, "epochs": config.epochs, "samples": len(rows),
-            "answer_tokens": answer_tokens, "tokens": sum(len(p) + len(a) for p, a in rows), "train_loss": epoch_loss, "validation_loss": validation_loss,
+            "answer_tokens": answer_tokens, "tokens": sum(lengths), "train_loss": epoch_loss, "validation_loss": validation_loss,
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 
