@@ -61,6 +61,18 @@ def help_text(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
+def help_entries(text: str) -> dict[str, str]:
+    """``{"--flag": its help entry}``: the flag's line and the indented lines under it, whitespace collapsed."""
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif line.startswith("   ") and entries:
+            entries[flag] += line
+    return {flag: " ".join(entry.split()) for flag, entry in entries.items()}
+
+
 # -- the commands reach textgym through the entry point, without torch ------------------------------------
 def test_textgym_cli_never_imports_agents() -> None:
     tree = ast.parse((ROOT / "textgym" / "cli.py").read_text(encoding="utf-8"))
@@ -87,15 +99,9 @@ def test_help_lists_every_config_field_with_its_doc_and_default(algo: str, capsy
     text = help_text(["train", "--algo", algo, "--help"], capsys)
     config_class = algorithm(algo).config_class
     docs = field_docs(config_class)
-    entries = {}  # "--flag": its help entry (the flag's line and the indented lines under it)
-    for line in text.splitlines():
-        if line.startswith("  -"):
-            flag = line.split()[0].rstrip(",")
-            entries[flag] = line
-        elif line.startswith("   ") and entries:
-            entries[flag] += line
+    entries = help_entries(text)
     for name in config_class.names():
-        entry = " ".join(entries.get("--" + name.replace("_", "-"), "").split())
+        entry = entries.get("--" + name.replace("_", "-"), "")
         assert entry, f"--{name} missing from `train --algo {algo} --help`"
         assert docs[name][:40] in entry and f"(default: {field_default(config_class, name)})" in entry, entry
     assert "(default: 40000" in entries["--timesteps"] and "(default: 8)" in entries["--num-envs"]
@@ -115,15 +121,9 @@ def test_every_subcommand_help_shows_defaults(command: str, capsys) -> None:
 
 def test_bench_help_names_every_algorithm(capsys, wide_help) -> None:
     """The checkpoint kinds of ``--agents`` and the RL recipes of ``--recipes`` are the registered algorithms."""
-    entries = {}
-    for line in help_text(["bench", "--help"], capsys).splitlines():
-        if line.startswith("  -"):
-            flag = line.split()[0]
-            entries[flag] = line
-        elif line.startswith("   ") and entries:
-            entries[flag] += line
+    entries = help_entries(help_text(["bench", "--help"], capsys))
     for flag in ("--agents", "--recipes"):
-        entry = " ".join(entries[flag].split())
+        entry = entries[flag]
         assert all(f" {name}," in entry or f" {name};" in entry for name in ALGORITHMS), entry
 
 
