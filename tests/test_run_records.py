@@ -179,6 +179,17 @@ def test_the_python_api_writes_the_same_records_unless_a_logger_was_set(tmp_path
         agent.learn(20, report_to="csv")
 
 
+def test_an_agent_without_a_run_directory_prints_its_table_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))  # where SB3's configure(None) would make its folder
+    env = gym.make_vec("textgym/Copy-v0", num_envs=2, model="tiny-random")
+    TextPPO("LMPolicy", env, model="tiny-random", seed=0, n_rollouts=1, n_epochs=1, verbose=1).learn(8)
+    assert "ep_rew_mean" in capsys.readouterr().out  # verbose=1: the per-update table on stdout
+    TextPPO("LMPolicy", env, model="tiny-random", seed=0, n_rollouts=1, n_epochs=1).learn(8)
+    assert capsys.readouterr().out == "" and not (tmp_path / "sb3").exists()
+
+
 def test_progress_csv_drops_rows_after_the_checkpoint_and_a_line_cut_by_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "progress.csv"
     path.write_text("time/total_timesteps,rollout/ep_rew_mean\n10,0.1\n20,0.2\n30,0.3\n40,0.")  # killed mid-line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
-from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.utils import configure_logger
 
 from agents.common import persistence
@@ -81,10 +82,13 @@ class AgentAPI:
     @property
     def logger(self) -> Logger:
         if self._logger is None:
-            if self.dist.is_main:
-                self._logger = configure_logger(self.verbose, self.tensorboard_log, type(self).__name__, True)
-            else:
+            if not self.dist.is_main:
                 self._logger = Logger(folder=None, output_formats=[])  # only rank 0 logs
+            elif self.tensorboard_log is not None:
+                self._logger = configure_logger(self.verbose, self.tensorboard_log, type(self).__name__, True)
+            else:  # configure_logger's outputs, without the empty SB3-<date> folder SB3 makes in /tmp
+                formats = [HumanOutputFormat(sys.stdout)] if self.verbose >= 1 else []
+                self._logger = Logger(folder=None, output_formats=formats)
         return self._logger
 
     def _init_callback(self, callback: Any) -> BaseCallback:
