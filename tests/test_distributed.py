@@ -77,17 +77,19 @@ WORKER = textwrap.dedent(
             return stats
 
     env = gym.make_vec("textgym/Copy-v0", num_envs=2, model="tiny-random")
-    if mode == "update":
-        kwargs = json.loads(sys.argv[3])
-        agent = algorithm(kwargs.pop("algo"))("LMPolicy", env, model="tiny-random",
-                                               policy_kwargs={"optimizer_class": torch.optim.SGD}, **kwargs)
-        batch = torch.load(out / "batch.pt", weights_only=False)
-        half = len(batch) // 2
-        mine = batch.select(torch.arange(rank * half, (rank + 1) * half))
-        agent.total_timesteps = 1
-        stats = agent.checked_train(mine)
-        torch.save({"params": agent.policy.state_dict(), "stats": stats, "kl_coef": getattr(agent, "kl_ctl", None) and agent.kl_ctl.value},
-                   out / f"update_rank{rank}.pt")
+    if mode == "update":  # one update per algorithm, each on this rank's half of its recorded batch
+        for kwargs in json.loads(sys.argv[3]):
+            algo = kwargs.pop("algo")
+            agent = algorithm(algo)("LMPolicy", env, model="tiny-random",
+                                    policy_kwargs={"optimizer_class": torch.optim.SGD}, **kwargs)
+            batch = torch.load(out / f"batch_{algo}.pt", weights_only=False)
+            half = len(batch) // 2
+            mine = batch.select(torch.arange(rank * half, (rank + 1) * half))
+            agent.total_timesteps = 1
+            stats = agent.checked_train(mine)
+            torch.save({"params": agent.policy.state_dict(), "stats": stats,
+                        "kl_coef": getattr(agent, "kl_ctl", None) and agent.kl_ctl.value},
+                       out / f"update_{algo}_rank{rank}.pt")
     else:
         agent = Probe("LMPolicy", env, model="tiny-random", seed=0, learning_rate=1e-3, n_epochs=2,
                       kl_target=0.5, verbose=1, n_rollouts=1)
@@ -210,42 +212,46 @@ ALGO_KWARGS = {  # per algorithm: what its stats and state must agree on across 
 
 
 @needs_gloo
-@pytest.mark.parametrize("algo", sorted(ALGO_KWARGS))
-def test_update_on_two_halves_equals_update_on_whole_batch(tmp_path: Path, algo: str) -> None:
-    """2 ranks x B rows == 1 rank x 2B rows for one update: gradients, whitening, KL controller and stats."""
+def test_update_on_two_halves_equals_update_on_whole_batch(tmp_path: Path) -> None:
+    """Every algorithm: 2 ranks x B rows == 1 rank x 2B rows for one update (gradients, whitening, KL controller
+    and stats).  One launch runs the five updates: a launch costs about 10 s, the updates a fraction of that."""
     import gymnasium as gym
 
     import textgym  # noqa: F401
     from agents import algorithm
     from agents.common.rollout import collect_episodes
 
-    extra, keys = ALGO_KWARGS[algo]
-    # fp32: the comparison is of the reduction's math (bf16, "auto" on a CPU with bf16 instructions, rounds apart)
-    kwargs = {"seed": 0, "learning_rate": 0.05, "n_epochs": 2, "kl_coef": 0.1, "verbose": 0, "n_rollouts": 1,
-              "bf16": False, **extra}  # fmt: skip
-    policy_kwargs = {"optimizer_class": torch.optim.SGD}
     env = gym.make_vec("textgym/Copy-v0", num_envs=4, model="tiny-random")
-    agent = algorithm(algo)("LMPolicy", env, model="tiny-random", policy_kwargs=policy_kwargs, **kwargs)
-    initial = {k: v.clone() for k, v in agent.policy.state_dict().items()}
-    obs, _ = env.reset(seed=3)
-    batch = collect_episodes(agent.policy, env, obs, generator=torch.Generator().manual_seed(3))
-    torch.save(batch, tmp_path / "batch.pt")
+    singles, jobs = {}, []
+    for algo, (extra, _) in ALGO_KWARGS.items():
+        # fp32: the comparison is of the reduction's math (bf16, "auto" on a CPU with bf16 instructions, rounds apart)
+        kwargs = {"seed": 0, "learning_rate": 0.05, "n_epochs": 2, "kl_coef": 0.1, "verbose": 0, "n_rollouts": 1,
+                  "bf16": False, **extra}  # fmt: skip
+        agent = algorithm(algo)("LMPolicy", env, model="tiny-random", policy_kwargs={"optimizer_class": torch.optim.SGD},
+                                **kwargs)  # fmt: skip
+        initial = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+        obs, _ = env.reset(seed=3)
+        batch = collect_episodes(agent.policy, env, obs, generator=torch.Generator().manual_seed(3))
+        torch.save(batch, tmp_path / f"batch_{algo}.pt")
+        singles[algo] = (agent, initial, batch)
+        jobs.append({"algo": algo, **kwargs})
     script = _worker(tmp_path)
-    proc, _ = _launch(tmp_path, [str(script), "update", str(tmp_path), json.dumps({"algo": algo, **kwargs})])
+    proc, _ = _launch(tmp_path, [str(script), "update", str(tmp_path), json.dumps(jobs)])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    agent.total_timesteps = 1
-    stats = agent.checked_train(batch)
-    single = agent.policy.state_dict()
-    for rank in (0, 1):
-        result = torch.load(tmp_path / f"update_rank{rank}.pt", weights_only=False)
+    for algo, (agent, initial, batch) in singles.items():
+        agent.total_timesteps = 1
+        stats = agent.checked_train(batch)
+        single = agent.policy.state_dict()
         moved = max(float((single[k].float() - initial[k].float()).abs().max()) for k in single)
-        assert moved > 1e-3, "the update did not move the weights; the comparison would be empty"
-        for name, value in single.items():
-            torch.testing.assert_close(result["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
-        if algo == "ppo":
-            assert result["kl_coef"] == pytest.approx(agent.kl_ctl.value, rel=1e-6)
-        for key in ("rollout/ep_rew_mean", "rollout/kl_ref", "rollout/copy_accuracy_mean", *keys):
-            assert result["stats"][key] == pytest.approx(stats[key], rel=1e-4, abs=1e-6), key
+        assert moved > 1e-3, f"{algo}: the update did not move the weights; the comparison would be empty"
+        for rank in (0, 1):
+            result = torch.load(tmp_path / f"update_{algo}_rank{rank}.pt", weights_only=False)
+            for name, value in single.items():
+                torch.testing.assert_close(result["params"][name], value, rtol=1e-4, atol=1e-5, msg=f"{algo}: {name}")
+            if algo == "ppo":
+                assert result["kl_coef"] == pytest.approx(agent.kl_ctl.value, rel=1e-6)
+            for key in ("rollout/ep_rew_mean", "rollout/kl_ref", "rollout/copy_accuracy_mean", *ALGO_KWARGS[algo][1]):
+                assert result["stats"][key] == pytest.approx(stats[key], rel=1e-4, abs=1e-6), f"{algo}: {key}"
 
 
 @needs_gloo
