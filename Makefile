@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.textgym-installed
+# pytest-xdist workers for `make test`: CI has 2 cores (each worker runs torch on one thread)
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo lint bench clean
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: setup
 	$(BIN)/python -m agents.demo --out demo_output

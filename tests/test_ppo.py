@@ -29,6 +29,7 @@ def copy_env(n: int = 8, **kwargs):
 
 
 @pytest.mark.learning
+@pytest.mark.slow  # the default suite has TextPPO learning Copy-v0 twice: the README block, the CLI defaults
 def test_ppo_learns_copy() -> None:
     """Mean reward of the last 5 updates beats the first 5 by >= 0.03.
 
