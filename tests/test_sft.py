@@ -309,6 +309,17 @@ def test_an_rl_stage_stopped_by_a_signal_is_not_scored_as_the_budget(tmp_path, m
     assert list((tmp_path / "run").glob("checkpoint-*"))  # saved: the same command resumes it
 
 
+def test_bench_stopped_by_a_signal_says_what_it_kept_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    from agents.ppo import TextPPO
+
+    monkeypatch.setattr(TextPPO, "learn", lambda self, **kwargs: self)  # returns before any update, as after SIGTERM
+    args = ["bench", "--recipes", "ppo", "--envs", "textgym/Copy-v0", "--model", TINY, "--updates", "2",
+            "--num-envs", "8", "--max-new-tokens", "8", "--episodes", "4", "--out", str(tmp_path / "lb")]  # fmt: skip
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "textgym: interrupted: " in err and "after 0 of 2 updates (saved)" in err
+
+
 def test_bench_processes_sharing_an_out_make_each_cell_once(tmp_path, monkeypatch) -> None:
     """Two leaderboards on one --out (one per seed, side by side; threads here, processes alike: it is a file
     lock) take turns on the cells they share: the zero-shot cell is scored by one and read by the other, and each

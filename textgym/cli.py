@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TextGymError, gym.error.UnregisteredEnv) as err:
         print(f"textgym: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a command that stopped on SIGTERM and says what it kept
+        print(f"textgym: interrupted{': ' + str(stop) if str(stop) else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
