@@ -195,6 +195,26 @@ def test_logger_and_callbacks(tmp_path: Path) -> None:
         assert key in columns, key
 
 
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_ratio_statistics_are_logged_only_when_a_step_follows_the_first(algo: str) -> None:
+    """Before an update's first step the policy is the rollout policy: approx_kl, clip fraction and ratio are
+    trivial there, so an update of one step logs none of them, and one of two steps logs what the second saw."""
+    from agents import algorithm
+
+    def first_update(n_epochs: int) -> dict[str, float]:
+        agent = algorithm(algo)("LMPolicy", copy_env(), seed=0, group_size=2,
+                                **{**FAST, "n_epochs": n_epochs, "learning_rate": 1e-2})  # fmt: skip
+        agent.learn(1)
+        return agent.history[0]
+
+    one, two = first_update(1), first_update(2)
+    assert "train/loss" in one and "train/entropy" in one
+    assert not {"train/approx_kl", "train/clip_fraction", "train/ratio"} & set(one), sorted(one)
+    assert two["train/ratio"] != 1.0 and two["train/clip_fraction"] >= 0.0
+    if algo == "ppo":
+        assert two["train/approx_kl"] > 0.0
+
+
 def test_top_k_top_p_temperature_give_consistent_old_log_probs() -> None:
     agent = TextPPO("LMPolicy", copy_env(), seed=0, temperature=0.7, top_k=3, top_p=0.9, **FAST)
     agent.learn(1)

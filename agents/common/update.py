@@ -13,6 +13,14 @@ micro-batch on every rank add up to the loss of the whole mini-batch.  The
   step whose gradient norm is not finite;
 * accumulates the logged statistics, weighted by each slice's share of tokens, and logs ``loss``, the
   mini-batch loss that was optimised (the sum of the shares).
+
+The statistics that compare the policy being trained with the rollout policy
+(:data:`AGAINST_ROLLOUT`: the importance ratio, the approximate KL, the clip
+fractions) are measured before each step. At an update's first step the policy
+is still the rollout policy, so they are 0 (the ratio 1) by construction; an
+update of a single step (one epoch of one mini-batch, the recipes' setting)
+has nothing else to report and does not log them, rather than log a 0 that
+reads as "the policy did not move".
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ class Totals:
     sequences: int
     max_new_tokens: int  # the answer's column count (Dr. GRPO's constant normaliser)
 
+
+AGAINST_ROLLOUT = frozenset({"ratio", "approx_kl", "clip_fraction", "value_clip_fraction"})
+"""Statistics of a step measured against the rollout policy: trivial at an update's first step."""
 
 # loss_fn(slice of a mini-batch, the mini-batch's totals) -> (loss share, statistics of the slice)
 LossFn = Callable[[SequenceBatch, Totals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -111,8 +122,10 @@ class Updater:
         return sums
 
     def stats(self) -> dict[str, float]:
-        """``train/<name>``: the mean over the steps taken, and the step counts."""
-        out = {f"train/{key}": float(np.mean(values)) for key, values in self.log.items()}
+        """``train/<name>``: the mean over the steps taken (:data:`AGAINST_ROLLOUT` only when more than one
+        step was taken), and the step counts."""
+        out = {f"train/{key}": float(np.mean(values)) for key, values in self.log.items()
+               if self.steps > 1 or key not in AGAINST_ROLLOUT}  # fmt: skip
         out["train/skipped_minibatches"] = float(self.skipped)
         out["train/nonfinite_minibatches"] = float(self.nonfinite)
         return out
