@@ -210,7 +210,7 @@ def test_ratio_statistics_are_logged_only_when_a_step_follows_the_first(algo: st
     one, two = first_update(1), first_update(2)
     assert "train/loss" in one and "train/entropy" in one
     assert not {"train/approx_kl", "train/clip_fraction", "train/ratio"} & set(one), sorted(one)
-    assert two["train/ratio"] != 1.0 and two["train/clip_fraction"] >= 0.0
+    assert "train/clip_fraction" in two and two["train/ratio"] != 1.0  # the second step saw the moved policy
     if algo == "ppo":
         assert two["train/approx_kl"] > 0.0
 
